@@ -1,0 +1,153 @@
+"""Contract tests: for the business facts of NHS Digital's example requests, our builders
+produce bodies JSON-equal to the examples (arrays in order)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from schemas import ActingUser, BusinessFunction, Priority, SearchCriteria, SortBy
+from tests.spec_examples import example
+from worker import fhir_build as fb
+
+SPECIALTY_CS = fb.specialty_system("_baseUrl_")
+NHS = "9912003888"
+RC = ActingUser(ods_code="R69", business_function=BusinessFunction.REFERRING_CLINICIAN)
+RC_NAMED = RC.model_copy(update={"referring_clinician_sds_user_id": "021600556514"})
+RCA = ActingUser(
+    ods_code="R69",
+    business_function=BusinessFunction.REFERRING_CLINICIAN_ADMIN,
+    referring_clinician_sds_user_id="021600556514",
+)
+CARDIO_LIPID = SearchCriteria(
+    priority=Priority.URGENT, specialty="CARDIOLOGY", clinic_type="LIPID_MANAGEMENT"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "user", "criteria"),
+    [
+        ("RcMinimal.json", RC, CARDIO_LIPID),
+        (
+            "RcaWithIWT.json",
+            RCA,
+            CARDIO_LIPID.model_copy(update={"indicative_wait_time_limit_days": 15}),
+        ),
+        (
+            "RcSearchWithCommissioningRuleOrganisation.json",
+            RC,
+            CARDIO_LIPID.model_copy(update={"commissioning_rule_organisation": "R69"}),
+        ),
+        (
+            "RcSearchByClinicalTerm.json",
+            RC_NAMED,
+            SearchCriteria(
+                priority=Priority.URGENT,
+                sort_by=SortBy.IWT,
+                indicative_wait_time_limit_days=15,
+                postcode="BR1 1AB",
+                distance_limit_miles=23,
+                clinical_term="1003",
+                organisation_ods_code="R69",
+            ),
+        ),
+    ],
+)
+def test_a010_patient_service_search(
+    name: str, user: ActingUser, criteria: SearchCriteria
+) -> None:
+    body = fb.patient_service_search(
+        nhs_number=NHS, user=user, criteria=criteria, specialty_cs=SPECIALTY_CS
+    )
+    assert body == example(f"patientServiceSearch/requests/{name}")
+
+
+HEART_FAILURE = SearchCriteria(
+    priority=Priority.URGENT,
+    specialty="CARDIOLOGY",
+    clinic_type="HEART_FAILURE",
+    age_and_gender_appropriate=False,
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "user"),
+    [("MinimalRequest.json", RC), ("MinimalRequestWithReferringClinician.json", RC_NAMED)],
+)
+def test_a011_create_referral(name: str, user: ActingUser) -> None:
+    referral = fb.NewReferral(
+        nhs_number=NHS,
+        user=user,
+        criteria=HEART_FAILURE,
+        service_ids=["11002"],
+        intends_to_add_letter=True,
+        first_reminder_letter_follow_up_days=0,
+        pathway_start=datetime(2024, 5, 1, 9, 55, tzinfo=UTC),
+    )
+    assert fb.create_referral(referral, SPECIALTY_CS) == example(f"createReferral/requests/{name}")
+
+
+def test_a021_create_referral_and_send_for_triage() -> None:
+    referral = fb.NewReferral(
+        nhs_number=NHS,
+        user=RC,
+        criteria=HEART_FAILURE.model_copy(update={"priority": Priority.ROUTINE}),
+        service_ids=["11004"],
+        intends_to_add_letter=True,
+        first_reminder_letter_follow_up_days=0,
+    )
+    assert fb.create_referral_and_send_for_triage(referral, SPECIALTY_CS) == example(
+        "createReferralAndSendForTriage/requests/Parameters.json"
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "description", "indexed"),
+    [
+        (
+            "SingleDocumentReference.json",
+            "Blood test results showing an anomaly in the values of xxxx",
+            datetime(2021, 6, 24, 13, 5, 3, 652000, tzinfo=UTC),
+        ),
+        (
+            "UpdateClinicalInfo.json",
+            "Second blood test results showing an anomaly in the values of xxxx",
+            datetime(2021, 6, 24, 13, 22, 13, 465000, tzinfo=UTC),
+        ),
+    ],
+)
+def test_a012_maintain_referral_letter(name: str, description: str, indexed: datetime) -> None:
+    files = [fb.LetterFile("Binary/50f0c0d5-7ed1-4587-8fce-889c8685eb54", description, indexed)]
+    assert fb.maintain_referral_letter(files) == example(f"maintainReferralLetter/requests/{name}")
+
+
+REFERRAL = {"ubrn": "000000070000", "version": "6", "nhs_number": NHS}
+
+
+def test_a016_minimal_booking() -> None:
+    body = fb.book_appointment(
+        **REFERRAL,
+        service_id="11000",
+        slot_id="11000021",
+        start="2022-07-11T12:00:00+00:00",
+        end="2022-07-11T13:00:00+00:00",
+    )
+    assert body == example("bookOrDeferAppointment/requests/MinimalBooking.json")
+
+
+@pytest.mark.parametrize(
+    ("name", "service_id", "reason"),
+    [
+        ("MinimalDeferral.json", "11021", "NO_SLOTS_AT_SERVICE"),
+        ("DeferralBookingAttemptProblem.json", "11000", "BOOKING_ATTEMPT_PROBLEM"),
+    ],
+)
+def test_a016_deferral(name: str, service_id: str, reason: str) -> None:
+    body = fb.defer_appointment(**REFERRAL, service_id=service_id, reason=reason)
+    assert body == example(f"bookOrDeferAppointment/requests/{name}")
+
+
+def test_a016_triage() -> None:
+    body = fb.send_for_triage(**REFERRAL, service_id="50001")
+    assert body == example("bookOrDeferAppointment/requests/TriageDeferral.json")
