@@ -53,9 +53,7 @@ ALLOWED_ATTACHMENT_TYPES: dict[str, frozenset[str]] = {
     "image/tiff": frozenset({".tif", ".tiff"}),
     "video/mpeg": frozenset({".mpg", ".mpeg", ".mpe"}),
     "application/msword": frozenset({".doc"}),
-    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": frozenset(
-        {".docx"}
-    ),
+    "application/vnd.openxmlformats-officedocument.wordprocessingml.document": frozenset({".docx"}),
     "application/dicom": frozenset({".dcm"}),
 }
 
@@ -267,9 +265,9 @@ class ReferralRequestV1(_Strict):
     model_config = ConfigDict(title="ReferralRequestV1")
 
     schema_version: Literal["1"]
-    request_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")] = (
-        Field(description="Idempotency key chosen upstream; the same id is never referred twice.")
-    )
+    request_id: Annotated[
+        str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+    ] = Field(description="Idempotency key chosen upstream; the same id is never referred twice.")
     source_system: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")]
     user: ActingUser
     patient: Patient

@@ -54,9 +54,7 @@ CARDIO_LIPID = SearchCriteria(
         ),
     ],
 )
-def test_a010_patient_service_search(
-    name: str, user: ActingUser, criteria: SearchCriteria
-) -> None:
+def test_a010_patient_service_search(name: str, user: ActingUser, criteria: SearchCriteria) -> None:
     body = fb.patient_service_search(
         nhs_number=NHS, user=user, criteria=criteria, specialty_cs=SPECIALTY_CS
     )

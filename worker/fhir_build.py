@@ -127,7 +127,9 @@ def _shortlist(criteria: SearchCriteria, service_ids: Sequence[str], specialty_c
         "status": "current",
         "mode": "snapshot",
         "contained": [search_criteria(criteria, specialty_cs)],
-        "entry": [{"item": {"identifier": {"system": ERS_SERVICE, "value": s}}} for s in service_ids],
+        "entry": [
+            {"item": {"identifier": {"system": ERS_SERVICE, "value": s}}} for s in service_ids
+        ],
         "extension": [
             {
                 "url": f"{_SD}Extension-eRS-Shortlist-SearchCriteria-1",
@@ -155,9 +157,7 @@ def _referral_parameters(referral: NewReferral, specialty_cs: str, *, triage: bo
     params: list[Json] = [
         _identifier("patient", NHS_NUMBER, referral.nhs_number),
         *_referring_clinician(referral.user),
-        _coding(
-            "intentionToAddReferralLetter", f"{_CS}eRS-ReferralLetterIntention-1", intention
-        ),
+        _coding("intentionToAddReferralLetter", f"{_CS}eRS-ReferralLetterIntention-1", intention),
         {
             "name": "firstReminderLetterFollowUpDays",
             "valueUnsignedInt": referral.first_reminder_letter_follow_up_days,
@@ -227,9 +227,7 @@ def maintain_referral_letter(files: Sequence[LetterFile]) -> Json:
     }
 
 
-def _appointment(
-    *, ubrn: str, version: str, service_id: str, nhs_number: str, status: str
-) -> Json:
+def _appointment(*, ubrn: str, version: str, service_id: str, nhs_number: str, status: str) -> Json:
     return {
         "id": "appointment",
         "meta": {
@@ -244,8 +242,14 @@ def _appointment(
         "description": "e-Referral Appointment",
         "incomingReferral": [{"reference": f"ReferralRequest/{ubrn}/_history/{version}"}],
         "participant": [
-            {"actor": {"identifier": {"system": ERS_SERVICE, "value": service_id}}, "status": "accepted"},
-            {"actor": {"identifier": {"system": NHS_NUMBER, "value": nhs_number}}, "status": "accepted"},
+            {
+                "actor": {"identifier": {"system": ERS_SERVICE, "value": service_id}},
+                "status": "accepted",
+            },
+            {
+                "actor": {"identifier": {"system": NHS_NUMBER, "value": nhs_number}},
+                "status": "accepted",
+            },
         ],
     }
 

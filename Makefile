@@ -1,0 +1,47 @@
+# ers-worker: `make run` runs it end to end on this machine, `make test` tests it.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+PYTHON ?= python3
+SANDBOX_PORT ?= 8765
+
+.PHONY: install run test lint format typecheck pytest schemas sandbox worker clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the worker, the sandbox and the dev tools
+
+run: $(STAMP) ## sandbox + worker + the sample requests, printing each outcome
+	$(BIN)/ers-worker demo
+
+test: lint typecheck pytest ## everything CI runs
+
+pytest: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+schemas: $(STAMP) ## regenerate schemas/*.schema.json from the models
+	$(BIN)/ers-worker schemas
+
+sandbox: $(STAMP) ## the e-RS sandbox alone, on SANDBOX_PORT
+	$(BIN)/ers-sandbox --host 127.0.0.1 --port $(SANDBOX_PORT)
+
+worker: $(STAMP) ## the production entry point, configured from the environment
+	$(BIN)/ers-worker run
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache letters

@@ -1,0 +1,186 @@
+"""The referral-request contract: what it accepts, and how precisely it says what it refuses."""
+
+from __future__ import annotations
+
+import base64
+import copy
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from schemas.nhs_number import is_valid_nhs_number
+from schemas.referral_request import MAX_ATTACHMENT_BYTES, ReferralRequestV1
+from worker.intake import Rejection, parse_request
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+
+
+def valid() -> dict[str, Any]:
+    return orjson.loads((SAMPLES / "01-dbs-booked.json").read_bytes())
+
+
+def problems(data: Any) -> dict[str, str]:
+    body = data if isinstance(data, bytes) else orjson.dumps(data)
+    result = parse_request(body)
+    assert isinstance(result, Rejection), "expected a rejection"
+    return {p.field: p.problem for p in result.problems}
+
+
+@pytest.mark.parametrize(
+    ("number", "ok"),
+    [
+        ("9912003888", True),
+        ("9434765919", True),
+        ("9434765910", False),
+        ("123", False),
+        ("99120038a8", False),
+        ("９９１２００３８８８", False),
+    ],
+)
+def test_nhs_number_modulus_11(number: str, ok: bool) -> None:
+    assert is_valid_nhs_number(number) is ok
+
+
+def test_every_shipped_sample_but_the_invalid_one_is_valid() -> None:
+    for path in sorted(SAMPLES.glob("*.json")):
+        result = parse_request(path.read_bytes())
+        assert isinstance(result, Rejection) == ("invalid" in path.name), path.name
+
+
+def test_attachment_content_is_decoded_once() -> None:
+    result = parse_request(orjson.dumps(valid()))
+    assert isinstance(result, ReferralRequestV1)
+    assert result.attachments[0].content.startswith(b"Referral letter")
+
+
+def test_bad_nhs_number_is_named_without_its_value() -> None:
+    data = valid()
+    data["patient"]["nhs_number"] = "9990010006"
+    found = problems(data)
+    assert "Modulus 11" in found["patient.nhs_number"]
+    assert "9990010006" not in str(found)
+
+
+def test_every_field_at_fault_is_named() -> None:
+    data = valid()
+    data["search"]["priority"] = "SOON"
+    data["user"]["ods_code"] = "r69!"
+    del data["source_system"]
+    data["unexpected"] = 1
+    assert set(problems(data)) == {
+        "search.priority",
+        "user.ods_code",
+        "source_system",
+        "unexpected",
+    }
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field", "words"),
+    [
+        (
+            lambda d: d["attachments"][0].update(
+                media_type="application/x-msdownload", file_name="a.exe"
+            ),
+            "attachments.0",
+            "file type e-RS accepts",
+        ),
+        (
+            lambda d: d["attachments"][0].update(file_name="letter.pdf"),
+            "attachments.0",
+            "extension does not match",
+        ),
+        (
+            lambda d: d["attachments"][0].update(
+                content=base64.b64encode(b"x" * (MAX_ATTACHMENT_BYTES + 1)).decode()
+            ),
+            "attachments.0.content",
+            "larger than e-RS accepts",
+        ),
+        (
+            lambda d: d["attachments"][0].update(content="not base64!"),
+            "attachments.0.content",
+            "not valid base64",
+        ),
+        (
+            lambda d: d["shortlist"].update(service_ids=[str(i) for i in range(21)]),
+            "shortlist.explicit.service_ids",
+            "at most 20",
+        ),
+        (
+            lambda d: d["shortlist"].update(service_ids=["11002", "11002"]),
+            "shortlist.explicit",
+            "must not repeat",
+        ),
+        (
+            lambda d: d["referral"].update(
+                pathway_start=(datetime.now(UTC) + timedelta(days=1)).isoformat()
+            ),
+            "referral",
+            "in the past",
+        ),
+        (
+            lambda d: d["referral"].update(
+                pathway_start=(datetime.now(UTC) - timedelta(days=366)).isoformat()
+            ),
+            "referral",
+            "365 days",
+        ),
+        (
+            lambda d: d["user"].update(business_function="REFERRING_CLINICIAN_ADMIN"),
+            "user",
+            "referring_clinician_sds_user_id is required",
+        ),
+        (
+            lambda d: (
+                d["action"].update(
+                    kind="SEND_FOR_TRIAGE",
+                )
+                or d["shortlist"].update(service_ids=["11004", "11002"])
+            ),
+            "(message)",
+            "exactly one triage service",
+        ),
+        (lambda d: d["search"].pop("specialty"), "search", "specialty or clinical_term"),
+        (
+            lambda d: d["action"].update(
+                kind="SHORTLIST_ONLY", booking_window={"not_before": "2030-01-01"}
+            ),
+            "action",
+            "only allowed with BOOK_EARLIEST",
+        ),
+    ],
+)
+def test_rules_e_rs_would_enforce_are_enforced_first(mutate: Any, field: str, words: str) -> None:
+    data = copy.deepcopy(valid())
+    mutate(data)
+    found = problems(data)
+    assert field in found, found
+    assert words in found[field]
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        (b'{"schema_version": "1", "request_id": ', "(body)", "not valid JSON"),
+        (b"[1, 2]", "(body)", "JSON object"),
+        (b'{"schema_version": "2"}', "schema_version", "'2' is not supported"),
+        (b'{"request_id": "x"}', "schema_version", "missing or unreadable"),
+    ],
+)
+def test_unreadable_messages(body: bytes, field: str, words: str) -> None:
+    found = problems(body)
+    assert words in found[field]
+
+
+def test_rejection_keeps_a_safe_request_id_only() -> None:
+    data = valid()
+    data["patient"]["nhs_number"] = "1"
+    result = parse_request(orjson.dumps(data))
+    assert isinstance(result, Rejection) and result.request_id == "demo-dbs-booked"
+    data["request_id"] = "9912003888 <script>"
+    result = parse_request(orjson.dumps(data))
+    assert isinstance(result, Rejection) and result.request_id is None

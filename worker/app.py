@@ -1,0 +1,76 @@
+"""Composition root: build every part of the worker from one Settings object."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+
+from worker.ers_client import ErsClient, RetryPolicy
+from worker.fhir_build import specialty_system
+from worker.letter_store import FileLetterStore
+from worker.pipeline import RequestHandler
+from worker.reference_data import ReferenceData
+from worker.settings import Settings
+from worker.steps import SagaOptions
+from worker.tokens import MessageHeaderTokenProvider, StaticTokenProvider, TokenProvider
+
+
+def build_http_client(settings: Settings) -> httpx.AsyncClient:
+    """The one place the HTTP transport for e-RS is chosen and sized."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.ers_timeout_seconds, connect=10.0),
+        limits=httpx.Limits(
+            max_connections=settings.concurrency * 2,
+            max_keepalive_connections=settings.concurrency,
+        ),
+        follow_redirects=False,
+    )
+
+
+def build_token_provider(settings: Settings) -> TokenProvider:
+    if settings.ers_token_provider == "static":
+        if settings.ers_static_token is None:
+            raise ValueError("ERS_TOKEN_PROVIDER=static needs ERS_STATIC_TOKEN")
+        return StaticTokenProvider(settings.ers_static_token)
+    return MessageHeaderTokenProvider()
+
+
+@asynccontextmanager
+async def request_handler(settings: Settings) -> AsyncIterator[RequestHandler]:
+    async with build_http_client(settings) as http:
+        ers = ErsClient(
+            http,
+            base_url=settings.ers_base_url,
+            rate_limit_per_second=settings.ers_rate_limit_per_second,
+            retry=RetryPolicy(
+                max_attempts=settings.ers_max_attempts,
+                initial_wait=settings.ers_retry_initial_seconds,
+                max_wait=settings.ers_retry_max_seconds,
+            ),
+            booking_timeout_seconds=settings.ers_booking_timeout_seconds,
+        )
+        yield RequestHandler(
+            ers=ers,
+            tokens=build_token_provider(settings),
+            letters=FileLetterStore(settings.letters_dir),
+            reference=ReferenceData(settings.reference_data_ttl_seconds),
+            options=SagaOptions(
+                specialty_cs=specialty_system(settings.code_system_base_url),
+                triage_route=settings.ers_triage_route,
+                slot_page_size=settings.slot_page_size,
+                max_slot_pages=settings.slot_max_pages,
+                max_booking_attempts=settings.booking_max_attempts,
+            ),
+        )
+
+
+def configure_logging(level: str) -> None:
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )

@@ -1,0 +1,61 @@
+"""``ers-worker``: the production entry point and the local demo.
+
+ers-worker run       consume referral requests until SIGTERM/SIGINT, then drain and exit 0
+ers-worker demo      what `make run` does: sandbox + worker + the sample requests
+ers-worker schemas   write the JSON Schema files of the message contracts
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from worker.app import configure_logging, request_handler
+from worker.consumer import Worker
+from worker.settings import Settings
+
+log = logging.getLogger("worker")
+
+
+async def serve(settings: Settings) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with request_handler(settings) as handler:
+        worker = Worker(settings, handler)
+        await worker.start()
+        await stop.wait()
+        log.info("stopping", extra={"in_flight": worker.in_flight})
+        await worker.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="ers-worker", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="consume referral requests until SIGTERM/SIGINT")
+    demo = sub.add_parser("demo", help="run the bundled sandbox, the worker and the samples")
+    demo.add_argument("samples", nargs="*", help="request files (default: samples/*.json)")
+    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for outcomes")
+    sub.add_parser("schemas", help="write the JSON Schema files under schemas/")
+    args = parser.parse_args(argv)
+
+    if args.command == "schemas":
+        from schemas.export import main as export
+
+        return export()
+    settings = Settings()
+    configure_logging(settings.log_level)
+    if args.command == "demo":
+        from worker.demo import run_demo
+
+        return asyncio.run(run_demo(settings, args.samples, args.timeout))
+    return asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""`make run`: the bundled e-RS sandbox, the worker, and the sample requests, end to end.
+
+Starts the sandbox on a free loopback port, declares the topology under the ``ers-demo``
+prefix (so a real deployment's queues are never touched), starts the worker in this process,
+publishes each sample with a reply queue, and prints one row per outcome.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import glob
+import sys
+import uuid
+from pathlib import Path
+
+import aio_pika
+import orjson
+from yarl import URL
+
+from worker.app import request_handler
+from worker.consumer import Worker
+from worker.settings import Settings
+from worker.tokens import TOKEN_HEADER
+from worker.topology import REQUEST_ROUTING_KEY, Names
+
+DEMO_PREFIX = "ers-demo"
+DEMO_TOKEN = "demo-user-token"
+COLUMNS = ("request id", "status", "path", "UBRN", "state", "letter")
+
+
+def _where(url: str) -> str:
+    parsed = URL(url)
+    return f"{parsed.host}:{parsed.port}"
+
+
+async def _broker_reachable(url: str) -> bool:
+    try:
+        connection = await asyncio.wait_for(aio_pika.connect(url), timeout=5)
+    except (OSError, TimeoutError, aio_pika.exceptions.AMQPError):
+        return False
+    await connection.close()
+    return True
+
+
+def _load(paths: list[str]) -> list[tuple[str, bytes]]:
+    files = paths or sorted(glob.glob("samples/*.json"))
+    return [(Path(p).name, Path(p).read_bytes()) for p in files]
+
+
+def _unique(body: bytes, run_id: str) -> bytes:
+    """Give each run's requests their own ids: a request id is referred only once."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return body
+    if isinstance(data, dict) and isinstance(data.get("request_id"), str):
+        data["request_id"] = f"{data['request_id']}-{run_id}"
+        return orjson.dumps(data)
+    return body
+
+
+def _row(outcome: dict[str, object], sample: str) -> tuple[str, ...]:
+    letter = outcome.get("letter")
+    letter_name = Path(str(letter["location"])).name if isinstance(letter, dict) else "-"
+    return (
+        str(outcome.get("request_id") or sample),
+        str(outcome.get("status")),
+        str(outcome.get("path") or "-"),
+        str(outcome.get("ubrn") or "-"),
+        str(outcome.get("referral_state") or "-"),
+        letter_name,
+    )
+
+
+def _print_table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
+    for row in [COLUMNS, *rows]:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+async def run_demo(settings: Settings, sample_paths: list[str], timeout: float) -> int:
+    url = settings.amqp_url.get_secret_value()
+    if not await _broker_reachable(url):
+        print(
+            f"RabbitMQ is not reachable at {_where(url)}: start one with "
+            "`rabbitmq-server -detached` (or set AMQP_URL), then run again.",
+            file=sys.stderr,
+        )
+        return 2
+    samples = _load(sample_paths)
+    if not samples:
+        print("no sample requests found (samples/*.json)", file=sys.stderr)
+        return 2
+    from sandbox.testing import running_sandbox  # the sandbox is a dev extra, not production
+
+    with running_sandbox() as sandbox:
+        print(f"e-RS sandbox at {sandbox.base_url}")
+        demo_settings = settings.model_copy(
+            update={"ers_base_url": sandbox.base_url, "topology_prefix": DEMO_PREFIX}
+        )
+        async with request_handler(demo_settings) as handler:
+            worker = Worker(demo_settings, handler)
+            await worker.start()
+            try:
+                rows = await _publish_and_collect(url, samples, timeout)
+            finally:
+                await worker.stop(grace_seconds=10)
+    _print_table([row for row in rows if row])
+    missing = [sample for (sample, _), row in zip(samples, rows, strict=True) if not row]
+    if missing:
+        print(f"no outcome within {timeout:.0f}s for: {', '.join(missing)}", file=sys.stderr)
+        return 1
+    print(f"{len(rows)} requests, {len(rows)} outcomes; letters in {settings.letters_dir}/")
+    return 0
+
+
+async def _publish_and_collect(
+    url: str, samples: list[tuple[str, bytes]], timeout: float
+) -> list[tuple[str, ...]]:
+    run_id = uuid.uuid4().hex[:8]
+    connection = await aio_pika.connect(url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        exchange = await channel.get_exchange(Names(DEMO_PREFIX).requests_exchange)
+        by_correlation: dict[str, int] = {}
+        for index, (_, body) in enumerate(samples):
+            correlation_id = f"demo-{run_id}-{index}"
+            by_correlation[correlation_id] = index
+            await exchange.publish(
+                aio_pika.Message(
+                    body=_unique(body, run_id),
+                    content_type="application/json",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    correlation_id=correlation_id,
+                    message_id=str(uuid.uuid4()),
+                    reply_to=replies.name,
+                    headers={TOKEN_HEADER: DEMO_TOKEN},
+                ),
+                routing_key=REQUEST_ROUTING_KEY,
+            )
+        print(f"published {len(samples)} sample requests; waiting for outcomes...")
+        rows: list[tuple[str, ...]] = [() for _ in samples]
+        pending = set(by_correlation)
+        try:
+            async with asyncio.timeout(timeout):
+                async with replies.iterator() as messages:
+                    async for message in messages:
+                        await message.ack()
+                        event = orjson.loads(message.body)
+                        cid = message.correlation_id or ""
+                        if event.get("event_type") == "referral.outcome" and cid in pending:
+                            pending.discard(cid)
+                            index = by_correlation[cid]
+                            rows[index] = _row(event, samples[index][0])
+                            if not pending:
+                                break
+        except TimeoutError:
+            pass
+        return rows

@@ -1,0 +1,92 @@
+"""What an e-RS answer means for the saga, decided once, here, for every endpoint."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+import httpx
+
+from worker.errors import (
+    ErsAuthError,
+    ErsConflict,
+    ErsError,
+    ErsLocked,
+    ErsOutcomeUnknown,
+    ErsRateLimited,
+    ErsRejected,
+    ErsTransientError,
+)
+from worker.fhir_read import operation_outcome
+
+
+class Endpoint(StrEnum):
+    A004 = "A004"
+    A005 = "A005"
+    A010 = "A010"
+    A011 = "A011"
+    A012 = "A012"
+    A015 = "A015"
+    A016 = "A016"
+    A019 = "A019"
+    A020 = "A020"
+    A021 = "A021"
+
+    @property
+    def changes_state(self) -> bool:
+        """A call e-RS may have acted on even when we saw no answer: never blindly repeated."""
+        return self in _STATE_CHANGING
+
+
+_STATE_CHANGING = frozenset(
+    {Endpoint.A011, Endpoint.A012, Endpoint.A016, Endpoint.A020, Endpoint.A021}
+)
+
+
+def _retry_after(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None  # an HTTP-date: fall back to our own backoff
+    return seconds if seconds >= 0 else None
+
+
+def classify_status(
+    endpoint: Endpoint,
+    status: int,
+    body: Any,
+    *,
+    retry_after: str | None = None,
+    request_id: str | None = None,
+) -> ErsError:
+    """The error a non-2xx answer stands for."""
+    code, diagnostics = operation_outcome(body)
+    code = code or f"HTTP_{status}"
+    kw: dict[str, Any] = {"diagnostics": diagnostics, "request_id": request_id}
+    if status == 401:
+        return ErsAuthError(endpoint, status, code, **kw)
+    if status == 429:
+        return ErsRateLimited(endpoint, _retry_after(retry_after), **kw)
+    if status in (409, 412):
+        return ErsConflict(endpoint, status, code, **kw)
+    if status == 423:
+        return ErsLocked(endpoint, status, code, **kw)
+    if status == 503:
+        # e-RS (or its gateway) did not take the request on: safe to send again.
+        return ErsTransientError(endpoint, status, code, **kw)
+    if status >= 500:
+        if endpoint.changes_state:
+            return ErsOutcomeUnknown(endpoint, status, code, **kw)
+        return ErsTransientError(endpoint, status, code, **kw)
+    return ErsRejected(endpoint, status, code, **kw)
+
+
+def classify_transport(endpoint: Endpoint, exc: httpx.TransportError) -> ErsError:
+    """A failure with no HTTP answer: was the request surely not sent, or maybe acted on?"""
+    not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
+    code = "TIMEOUT" if isinstance(exc, httpx.TimeoutException) else "CONNECTION_ERROR"
+    if not_sent or not endpoint.changes_state:
+        return ErsTransientError(endpoint, None, code, diagnostics=type(exc).__name__)
+    return ErsOutcomeUnknown(endpoint, None, code, diagnostics=type(exc).__name__)

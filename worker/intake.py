@@ -1,0 +1,70 @@
+"""Turn a message body into a valid request, or into every reason it is not one.
+
+Parsed once with orjson and validated once with pydantic; the result is passed on, never
+re-parsed. Problems name fields and rules only: pydantic's input values are dropped so a
+rejected NHS number never travels on in an event or a log line.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from schemas.events import FieldError
+from schemas.referral_request import SCHEMA_VERSION, ReferralRequestV1
+
+_SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    problems: list[FieldError]
+    request_id: str | None = None
+    source_system: str | None = None
+
+
+def _safe(value: Any, pattern: re.Pattern[str]) -> str | None:
+    return value if isinstance(value, str) and pattern.match(value) else None
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    return ".".join(str(part) for part in loc) or "(message)"
+
+
+def parse_request(body: bytes) -> ReferralRequestV1 | Rejection:
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        # orjson's message gives the position, never the document's content.
+        problem = f"body is not valid JSON: {exc.msg} at character {exc.pos}"
+        return Rejection([FieldError(field="(body)", problem=problem, type="json_invalid")])
+    if not isinstance(data, dict):
+        return Rejection(
+            [FieldError(field="(body)", problem="body must be a JSON object", type="object_type")]
+        )
+    request_id = _safe(data.get("request_id"), _SAFE_ID)
+    source = _safe(data.get("source_system"), _SAFE_NAME)
+    version = data.get("schema_version")
+    if version != SCHEMA_VERSION:
+        shown = (
+            version if isinstance(version, str) and len(version) <= 16 else "missing or unreadable"
+        )
+        problem = f"schema_version {shown!r} is not supported; this worker reads {SCHEMA_VERSION!r}"
+        return Rejection(
+            [FieldError(field="schema_version", problem=problem, type="unsupported_version")],
+            request_id,
+            source,
+        )
+    try:
+        return ReferralRequestV1.model_validate(data)
+    except ValidationError as exc:
+        problems = [
+            FieldError(field=_field(err["loc"]), problem=err["msg"], type=err["type"])
+            for err in exc.errors(include_url=False, include_input=False, include_context=False)
+        ]
+        return Rejection(problems, request_id, source)

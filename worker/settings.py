@@ -1,0 +1,161 @@
+"""All settings of the worker, from environment variables, built once at the entry point.
+
+``deploy/worker.env.example`` lists every variable with its default; a test keeps the two
+in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.saga import TriageRoute
+
+
+def _env(name: str) -> AliasChoices:
+    return AliasChoices(name)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+
+    amqp_url: SecretStr = Field(
+        SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
+        validation_alias=_env("AMQP_URL"),
+        description="RabbitMQ URL (it may hold a password, so it is never printed).",
+    )
+    topology_prefix: str = Field(
+        "ers",
+        validation_alias=_env("TOPOLOGY_PREFIX"),
+        pattern=r"^[a-z0-9][a-z0-9._-]{0,40}$",
+        description="Prefix of every exchange and queue the worker declares.",
+    )
+    prefetch: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        validation_alias=_env("AMQP_PREFETCH"),
+        description="Messages RabbitMQ delivers before any is acknowledged.",
+    )
+    concurrency: int = Field(
+        20,
+        ge=1,
+        le=1000,
+        validation_alias=_env("WORKER_CONCURRENCY"),
+        description="Sagas in flight at once in this process.",
+    )
+    delivery_limit: int = Field(
+        5,
+        ge=1,
+        validation_alias=_env("AMQP_DELIVERY_LIMIT"),
+        description="Quorum-queue redeliveries before a message is dead-lettered.",
+    )
+    shutdown_grace_seconds: float = Field(
+        150.0,
+        ge=0,
+        validation_alias=_env("SHUTDOWN_GRACE_SECONDS"),
+        description="On SIGTERM, how long in-flight sagas may run on (longer than A016's 2 min).",
+    )
+    ers_base_url: str = Field(
+        "https://api.service.nhs.uk/referrals/FHIR",
+        validation_alias=_env("ERS_BASE_URL"),
+        description="e-RS FHIR base URL (…/referrals/FHIR).",
+    )
+    ers_code_system_base_url: str | None = Field(
+        None,
+        validation_alias=_env("ERS_CODE_SYSTEM_BASE_URL"),
+        description="Base of e-RS code-system URLs (SPECIALTY); defaults to ERS_BASE_URL.",
+    )
+    ers_triage_route: TriageRoute = Field(
+        TriageRoute.A021,
+        validation_alias=_env("ERS_TRIAGE_ROUTE"),
+        description="A021 (create and send for triage) or A011_A016 (create, then A016).",
+    )
+    ers_timeout_seconds: float = Field(
+        30.0,
+        gt=0,
+        validation_alias=_env("ERS_TIMEOUT_SECONDS"),
+        description="Timeout of one e-RS call.",
+    )
+    ers_booking_timeout_seconds: float = Field(
+        150.0,
+        gt=0,
+        validation_alias=_env("ERS_BOOKING_TIMEOUT_SECONDS"),
+        description="Timeout of A016, which may wait 2 minutes on the provider's PAS.",
+    )
+    ers_rate_limit_per_second: float = Field(
+        10.0,
+        gt=0,
+        validation_alias=_env("ERS_RATE_LIMIT_PER_SECOND"),
+        description="e-RS production allows 10 requests/s per application.",
+    )
+    ers_max_attempts: int = Field(
+        4,
+        ge=1,
+        le=20,
+        validation_alias=_env("ERS_MAX_ATTEMPTS"),
+        description="Attempts of one e-RS call on transient faults (429, 503, network).",
+    )
+    ers_retry_initial_seconds: float = Field(
+        1.0,
+        ge=0,
+        validation_alias=_env("ERS_RETRY_INITIAL_SECONDS"),
+        description="First backoff wait; doubles per attempt, with jitter.",
+    )
+    ers_retry_max_seconds: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=_env("ERS_RETRY_MAX_SECONDS"),
+        description="Longest single backoff wait (also caps Retry-After).",
+    )
+    ers_token_provider: Literal["message", "static"] = Field(
+        "message",
+        validation_alias=_env("ERS_TOKEN_PROVIDER"),
+        description="message: the user's token from each message's x-ers-access-token header; "
+        "static: ERS_STATIC_TOKEN for every message (sandbox only).",
+    )
+    ers_static_token: SecretStr | None = Field(
+        None,
+        validation_alias=_env("ERS_STATIC_TOKEN"),
+        description="The token for ERS_TOKEN_PROVIDER=static.",
+    )
+    slot_page_size: int = Field(
+        20,
+        ge=1,
+        le=100,
+        validation_alias=_env("SLOT_PAGE_SIZE"),
+        description="A015 page size when looking for the earliest slot.",
+    )
+    slot_max_pages: int = Field(
+        5,
+        ge=1,
+        le=50,
+        validation_alias=_env("SLOT_MAX_PAGES"),
+        description="A015 pages read at most when looking for the earliest slot.",
+    )
+    booking_max_attempts: int = Field(
+        3,
+        ge=1,
+        le=10,
+        validation_alias=_env("BOOKING_MAX_ATTEMPTS"),
+        description="Slots tried when the chosen one is taken, before deferring.",
+    )
+    letters_dir: Path = Field(
+        Path("letters"),
+        validation_alias=_env("LETTERS_DIR"),
+        description="Where patient letter PDFs are written.",
+    )
+    reference_data_ttl_seconds: float = Field(
+        3600.0,
+        ge=0,
+        validation_alias=_env("REFERENCE_DATA_TTL_SECONDS"),
+        description="How long A004 reference data is cached in the process.",
+    )
+    log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"), description="Log level.")
+
+    @property
+    def code_system_base_url(self) -> str:
+        return self.ers_code_system_base_url or self.ers_base_url

@@ -1,0 +1,362 @@
+"""The saga's steps: each takes the state and the context and returns the next state.
+
+Steps know e-RS only through ``ErsPort`` and storage only through ``LetterStore``; they know
+nothing of RabbitMQ. They raise the errors of ``worker.errors``; the runner decides what an
+error means for the saga, in one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from schemas.events import AppointmentInfo, Path, Step
+from schemas.referral_request import (
+    AutomaticShortlist,
+    BookingWindow,
+    IntendedAction,
+    ReferralRequestV1,
+)
+from worker import fhir_build as fb
+from worker.errors import BusinessRuleFailure, ErsOutcomeUnknown, ErsRejected, ErsTransientError
+from worker.fhir_read import (
+    AppointmentFacts,
+    FoundService,
+    FreeSlot,
+    appointment_facts,
+    parse_instant,
+    referral_facts,
+    services_from_search,
+    slots_from_bundle,
+)
+from worker.ports import ErsPort, LetterStore
+from worker.reference_data import ReferenceData
+from worker.saga import SagaState, ShortlistedService, TriageRoute, planned_path
+from worker.working_days import add_working_days
+
+
+@dataclass(frozen=True, slots=True)
+class SagaOptions:
+    specialty_cs: str
+    triage_route: TriageRoute = TriageRoute.A021
+    slot_page_size: int = 20
+    max_slot_pages: int = 5
+    max_booking_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SagaContext:
+    request: ReferralRequestV1
+    ers: ErsPort
+    letters: LetterStore
+    reference: ReferenceData
+    options: SagaOptions
+    now: Callable[[], datetime]
+
+
+StepFn = Callable[[SagaState, SagaContext], Awaitable[SagaState]]
+
+# e-RS refuses a booking with these when the slot went between A015 and A016.
+_SLOT_GONE = frozenset({"SLOT_NOT_AVAILABLE", "INAPPROPRIATE_SLOT"})
+# A016 answers 502 (PAS error) or 504 (PAS silent); e-RS says to defer to the provider then.
+_PAS_TROUBLE = frozenset({502, 504})
+
+
+async def reference_data(state: SagaState, ctx: SagaContext) -> SagaState:
+    table = await ctx.reference.priority_contact_days(ctx.ers)
+    days = table.get(ctx.request.search.priority.value)
+    return state.model_copy(
+        update={
+            "defer_contact_days": days.defer_to_provider if days else None,
+            "triage_contact_days": days.triage if days else None,
+        }
+    )
+
+
+def _suits(action: IntendedAction, service: FoundService) -> bool:
+    if action is IntendedAction.SEND_FOR_TRIAGE:
+        return service.triage
+    if action is IntendedAction.SHORTLIST_ONLY:
+        return True
+    return service.directly_bookable and "APPOINTMENT_REQUEST" in service.request_flow_types
+
+
+def choose_shortlist(
+    request: ReferralRequestV1, found: list[FoundService]
+) -> tuple[ShortlistedService, ...]:
+    action = request.action.kind
+    if isinstance(request.shortlist, AutomaticShortlist):
+        chosen = [s for s in found if _suits(action, s)][: request.shortlist.count]
+        if not chosen:
+            raise BusinessRuleFailure(
+                f"the service search found no service suitable for {action.value}",
+                code="NO_SUITABLE_SERVICE",
+            )
+    else:
+        by_id = {s.service_id: s for s in found}
+        missing = [sid for sid in request.shortlist.service_ids if sid not in by_id]
+        if missing:
+            raise BusinessRuleFailure(
+                f"service(s) {', '.join(missing)} not returned by the patient's service search: "
+                "not commissioned for this patient or not matching the criteria",
+                code="SERVICE_NOT_IN_SEARCH_RESULTS",
+            )
+        chosen = [by_id[sid] for sid in request.shortlist.service_ids]
+    return tuple(
+        ShortlistedService(
+            service_id=s.service_id, name=s.name, bookable_type=s.bookable_type, triage=s.triage
+        )
+        for s in chosen
+    )
+
+
+async def search(state: SagaState, ctx: SagaContext) -> SagaState:
+    req = ctx.request
+    body = fb.patient_service_search(
+        nhs_number=req.patient.nhs_number,
+        user=req.user,
+        criteria=req.search,
+        specialty_cs=ctx.options.specialty_cs,
+    )
+    reply = await ctx.ers.search_services(body)
+    shortlist = choose_shortlist(req, services_from_search(reply.body))
+    path = planned_path(req.action.kind, shortlist[0])
+    if path is None:
+        raise BusinessRuleFailure(
+            f"service {shortlist[0].service_id} cannot take {req.action.kind.value} "
+            f"(bookable type {shortlist[0].bookable_type}, triage {shortlist[0].triage})",
+            code="SERVICE_NOT_SUITABLE",
+        )
+    return state.model_copy(update={"shortlist": shortlist, "path": path})
+
+
+def _contact_by(created: datetime | None, days: int | None) -> date | None:
+    if created is None or days is None:
+        return None
+    return add_working_days(created.date(), days)
+
+
+async def create(state: SagaState, ctx: SagaContext) -> SagaState:
+    req = ctx.request
+    referral = fb.NewReferral(
+        nhs_number=req.patient.nhs_number,
+        user=req.user,
+        criteria=req.search,
+        service_ids=[s.service_id for s in state.shortlist],
+        intends_to_add_letter=bool(req.attachments)
+        or req.referral.intention_to_add_referral_letter,
+        first_reminder_letter_follow_up_days=req.referral.first_reminder_letter_follow_up_days,
+        pathway_start=req.referral.pathway_start,
+    )
+    via_a021 = state.path is Path.RAS_TRIAGE and ctx.options.triage_route is TriageRoute.A021
+    if via_a021:
+        body = fb.create_referral_and_send_for_triage(referral, ctx.options.specialty_cs)
+        reply = await ctx.ers.create_referral_and_send_for_triage(body)
+    else:
+        body = fb.create_referral(referral, ctx.options.specialty_cs)
+        reply = await ctx.ers.create_referral(body)
+    facts = referral_facts(reply.body, reply.etag)
+    update: dict[str, object] = {
+        "ubrn": facts.ubrn,
+        "referral_version": facts.version,
+        "referral_state": facts.state,
+        "commissioning_rule_org": facts.commissioning_rule_org,
+    }
+    if via_a021:
+        update["booking_done"] = True
+        update["appointment"] = AppointmentInfo(
+            appointment_id="contained",
+            service_id=state.target.service_id,
+            status="proposed",
+            reason="TRIAGE",
+        )
+        update["contact_by"] = _contact_by(facts.appointment_created, state.triage_contact_days)
+    return state.model_copy(update=update)
+
+
+def _binary_url(location: str | None) -> str:
+    """A020's Location is ``Binary/<id>``; tolerate an absolute URL ending in one."""
+    if not location or "Binary/" not in location:
+        raise BusinessRuleFailure("A020 answered without a Binary Location", code="NO_LOCATION")
+    return location[location.rindex("Binary/") :]
+
+
+async def upload(state: SagaState, ctx: SagaContext) -> SagaState:
+    attachment = ctx.request.attachments[len(state.uploaded_urls)]
+    assert state.ubrn is not None
+    reply = await ctx.ers.upload_file(
+        ubrn=state.ubrn,
+        file_name=attachment.file_name,
+        media_type=attachment.media_type,
+        content=attachment.content,
+    )
+    return state.model_copy(
+        update={"uploaded_urls": (*state.uploaded_urls, _binary_url(reply.location))}
+    )
+
+
+async def link_letter(state: SagaState, ctx: SagaContext) -> SagaState:
+    assert state.ubrn is not None and state.referral_version is not None
+    indexed = ctx.now()
+    files = [
+        fb.LetterFile(url, attachment.description, indexed)
+        for url, attachment in zip(state.uploaded_urls, ctx.request.attachments, strict=True)
+    ]
+    reply = await ctx.ers.maintain_referral_letter(
+        state.ubrn, state.referral_version, fb.maintain_referral_letter(files)
+    )
+    facts = referral_facts(reply.body, reply.etag)
+    return state.model_copy(
+        update={
+            "referral_version": facts.version,
+            "referral_state": facts.state or state.referral_state,
+            "attachments_linked": len(files),
+        }
+    )
+
+
+def _in_window(slot: FreeSlot, window: BookingWindow | None) -> bool:
+    if window is None:
+        return True
+    day = slot.starts_at.date()
+    if window.not_before and day < window.not_before:
+        return False
+    return not (window.not_after and day > window.not_after)
+
+
+async def _free_slots(state: SagaState, ctx: SagaContext) -> tuple[list[FreeSlot], int]:
+    """Every free slot e-RS offers the target service (bounded pages), earliest first."""
+    assert state.commissioning_rule_org is not None
+    opts = ctx.options
+    slots: list[FreeSlot] = []
+    total = 0
+    for page in range(1, opts.max_slot_pages + 1):
+        reply = await ctx.ers.retrieve_slots(
+            service_id=state.target.service_id,
+            priority=ctx.request.search.priority.value,
+            commissioning_rule_org=state.commissioning_rule_org,
+            page=page,
+            page_size=opts.slot_page_size,
+            named_clinician=ctx.request.search.named_clinician_sds_user_id,
+        )
+        page_slots, total = slots_from_bundle(reply.body)
+        slots.extend(page_slots)
+        if not page_slots or len(slots) >= total:
+            break
+    slots.sort(key=lambda s: s.starts_at)
+    return slots, total
+
+
+def _after_appointment(
+    state: SagaState, facts: AppointmentFacts, *, path: Path, slot: FreeSlot | None = None
+) -> SagaState:
+    if facts.status == "booked":
+        referral_state, contact_by = "BOOKED", None
+    elif facts.reason == "TRIAGE":
+        referral_state = "AWAITING_TRIAGE"
+        contact_by = _contact_by(facts.created, state.triage_contact_days)
+    else:
+        referral_state = "DEFERRED_TO_PROVIDER"
+        contact_by = _contact_by(facts.created, state.defer_contact_days)
+    appointment = AppointmentInfo(
+        appointment_id=facts.appointment_id,
+        service_id=state.target.service_id,
+        slot_id=slot.slot_id if slot else None,
+        start=_instant_or_none(facts.start or (slot.start if slot else None)),
+        end=_instant_or_none(facts.end or (slot.end if slot else None)),
+        status=facts.status,
+        reason=facts.reason,
+    )
+    return state.model_copy(
+        update={
+            "path": path,
+            "booking_done": True,
+            "appointment": appointment,
+            "referral_state": referral_state,
+            "referral_version": facts.referral_version or state.referral_version,
+            "contact_by": contact_by,
+        }
+    )
+
+
+def _instant_or_none(value: str | None) -> datetime | None:
+    return parse_instant(value) if value else None
+
+
+def _appointment_args(state: SagaState, ctx: SagaContext) -> dict[str, str]:
+    assert state.ubrn is not None and state.referral_version is not None
+    return {
+        "ubrn": state.ubrn,
+        "version": state.referral_version,
+        "service_id": state.target.service_id,
+        "nhs_number": ctx.request.patient.nhs_number,
+    }
+
+
+async def _defer(state: SagaState, ctx: SagaContext, reason: str) -> SagaState:
+    body = fb.defer_appointment(**_appointment_args(state, ctx), reason=reason)
+    reply = await ctx.ers.book_or_defer(body)
+    return _after_appointment(state, appointment_facts(reply.body), path=Path.DBS_DEFERRED)
+
+
+async def _book_earliest(state: SagaState, ctx: SagaContext) -> SagaState:
+    slots, total = await _free_slots(state, ctx)
+    if total == 0 or not slots:
+        return await _defer(state, ctx, "NO_SLOTS_AT_SERVICE")
+    candidates = [s for s in slots if _in_window(s, ctx.request.action.booking_window)]
+    if not candidates:
+        # e-RS allows deferral only when the service has no slots at all, so a referral whose
+        # window holds none stays unbooked: the patient books from the letter.
+        return state.model_copy(update={"path": Path.DBS_NOT_BOOKED, "booking_done": True})
+    for slot in candidates[: ctx.options.max_booking_attempts]:
+        body = fb.book_appointment(
+            **_appointment_args(state, ctx), slot_id=slot.slot_id, start=slot.start, end=slot.end
+        )
+        try:
+            reply = await ctx.ers.book_or_defer(body)
+        except ErsRejected as exc:
+            if exc.code in _SLOT_GONE:
+                continue
+            raise
+        except (ErsTransientError, ErsOutcomeUnknown) as exc:
+            if isinstance(exc, ErsOutcomeUnknown) or exc.status in _PAS_TROUBLE:
+                return await _defer(state, ctx, "BOOKING_ATTEMPT_PROBLEM")
+            raise
+        return _after_appointment(
+            state, appointment_facts(reply.body), path=Path.DBS_BOOKED, slot=slot
+        )
+    return await _defer(state, ctx, "SLOT_NOT_AVAILABLE")
+
+
+async def book_or_defer(state: SagaState, ctx: SagaContext) -> SagaState:
+    if state.path is Path.RAS_TRIAGE:
+        body = fb.send_for_triage(**_appointment_args(state, ctx))
+        reply = await ctx.ers.book_or_defer(body)
+        return _after_appointment(state, appointment_facts(reply.body), path=Path.RAS_TRIAGE)
+    if state.path is Path.DBS_DEFERRED:
+        return await _defer(state, ctx, "NO_SLOTS_AT_SERVICE")
+    return await _book_earliest(state, ctx)
+
+
+async def patient_letter(state: SagaState, ctx: SagaContext) -> SagaState:
+    assert state.ubrn is not None
+    reply = await ctx.ers.generate_patient_letter(state.ubrn)
+    letter = await ctx.letters.save(
+        ubrn=state.ubrn,
+        request_id=state.request_id,
+        file_name=reply.file_name,
+        content=reply.content,
+    )
+    return state.model_copy(update={"letter": letter})
+
+
+STEPS: dict[Step, StepFn] = {
+    Step.REFERENCE_DATA: reference_data,
+    Step.SEARCH: search,
+    Step.CREATE: create,
+    Step.UPLOAD: upload,
+    Step.LINK_LETTER: link_letter,
+    Step.BOOK_OR_DEFER: book_or_defer,
+    Step.PATIENT_LETTER: patient_letter,
+}

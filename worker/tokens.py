@@ -1,0 +1,75 @@
+"""Where a saga's e-RS access token comes from.
+
+Every endpoint of the referrer flow is user-restricted (NHS CIS2), so by default the acting
+user's token travels with each request in an AMQP header. The token is held in a SecretStr:
+its repr is masked, so it cannot reach a log line or exception message by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from pydantic import SecretStr
+
+TOKEN_HEADER = "x-ers-access-token"
+EXPIRES_HEADER = "x-ers-token-expires-at"
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    value: SecretStr
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+class TokenProvider(Protocol):
+    def token_for(self, headers: Mapping[str, Any]) -> AccessToken | None:
+        """The token for the message with these AMQP headers, or None when there is none."""
+        ...
+
+
+def _as_text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    return value if isinstance(value, str) and value else None
+
+
+def _expiry(value: Any) -> datetime | None:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value, UTC)
+    text = _as_text(value)
+    if text is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        # An unreadable expiry must not make a token look valid for ever.
+        return datetime.min.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+class MessageHeaderTokenProvider:
+    """The production provider: the token upstream put in the message's headers."""
+
+    def token_for(self, headers: Mapping[str, Any]) -> AccessToken | None:
+        raw = _as_text(headers.get(TOKEN_HEADER))
+        if raw is None:
+            return None
+        if raw.lower().startswith("bearer "):
+            raw = raw[7:]
+        return AccessToken(SecretStr(raw), _expiry(headers.get(EXPIRES_HEADER)))
+
+
+class StaticTokenProvider:
+    """One fixed token for every message: for the sandbox and local runs only."""
+
+    def __init__(self, token: SecretStr) -> None:
+        self._token = AccessToken(token)
+
+    def token_for(self, headers: Mapping[str, Any]) -> AccessToken | None:
+        return self._token
