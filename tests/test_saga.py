@@ -26,7 +26,9 @@ DBS = ShortlistedService(service_id="1", name="D", bookable_type="DIRECTLY_BOOKA
 IBS = ShortlistedService(
     service_id="2", name="I", bookable_type="INDIRECTLY_BOOKABLE", triage=False
 )
-RAS = ShortlistedService(service_id="3", name="R", bookable_type=None, triage=True)
+RAS = ShortlistedService(
+    service_id="3", name="R", bookable_type="DIRECTLY_BOOKABLE", triage=True, appointments=False
+)
 
 
 def request(name: str) -> ReferralRequestV1:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 
@@ -49,11 +50,13 @@ def main(argv: list[str] | None = None) -> int:
 
         return export()
     settings = Settings()
-    configure_logging(settings.log_level)
     if args.command == "demo":
+        # The demo's output is its table; logs only when asked for with LOG_LEVEL.
+        configure_logging(os.environ.get("LOG_LEVEL", "ERROR"))
         from worker.demo import run_demo
 
         return asyncio.run(run_demo(settings, args.samples, args.timeout))
+    configure_logging(settings.log_level)
     return asyncio.run(serve(settings))
 
 

@@ -26,6 +26,7 @@ from worker.topology import REQUEST_ROUTING_KEY, Names
 DEMO_PREFIX = "ers-demo"
 DEMO_TOKEN = "demo-user-token"
 COLUMNS = ("request id", "status", "path", "UBRN", "state", "letter")
+WIDTHS = (30, 23, 15, 12, 20, 0)
 
 
 def _where(url: str) -> str:
@@ -59,9 +60,11 @@ def _unique(body: bytes, run_id: str) -> bytes:
     return body
 
 
-def _row(outcome: dict[str, object], sample: str) -> tuple[str, ...]:
+def _row(outcome: dict[str, object], sample: str, letters_dir: Path) -> tuple[str, ...]:
     letter = outcome.get("letter")
-    letter_name = Path(str(letter["location"])).name if isinstance(letter, dict) else "-"
+    letter_name = (
+        str(letters_dir / Path(str(letter["location"])).name) if isinstance(letter, dict) else "-"
+    )
     return (
         str(outcome.get("request_id") or sample),
         str(outcome.get("status")),
@@ -72,10 +75,10 @@ def _row(outcome: dict[str, object], sample: str) -> tuple[str, ...]:
     )
 
 
-def _print_table(rows: list[tuple[str, ...]]) -> None:
-    widths = [max(len(r[i]) for r in [COLUMNS, *rows]) for i in range(len(COLUMNS))]
-    for row in [COLUMNS, *rows]:
-        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+def _print_row(row: tuple[str, ...]) -> None:
+    print(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, WIDTHS, strict=True)).rstrip(), flush=True
+    )
 
 
 async def run_demo(settings: Settings, sample_paths: list[str], timeout: float) -> int:
@@ -102,20 +105,19 @@ async def run_demo(settings: Settings, sample_paths: list[str], timeout: float) 
             worker = Worker(demo_settings, handler)
             await worker.start()
             try:
-                rows = await _publish_and_collect(url, samples, timeout)
+                rows = await _publish_and_collect(url, samples, timeout, settings.letters_dir)
             finally:
                 await worker.stop(grace_seconds=10)
-    _print_table([row for row in rows if row])
     missing = [sample for (sample, _), row in zip(samples, rows, strict=True) if not row]
     if missing:
         print(f"no outcome within {timeout:.0f}s for: {', '.join(missing)}", file=sys.stderr)
         return 1
-    print(f"{len(rows)} requests, {len(rows)} outcomes; letters in {settings.letters_dir}/")
+    print(f"{len(rows)} requests, {len(rows)} terminal outcomes")
     return 0
 
 
 async def _publish_and_collect(
-    url: str, samples: list[tuple[str, bytes]], timeout: float
+    url: str, samples: list[tuple[str, bytes]], timeout: float, letters_dir: Path
 ) -> list[tuple[str, ...]]:
     run_id = uuid.uuid4().hex[:8]
     connection = await aio_pika.connect(url)
@@ -139,7 +141,8 @@ async def _publish_and_collect(
                 ),
                 routing_key=REQUEST_ROUTING_KEY,
             )
-        print(f"published {len(samples)} sample requests; waiting for outcomes...")
+        print(f"published {len(samples)} sample requests; outcomes as they arrive:\n")
+        _print_row(COLUMNS)
         rows: list[tuple[str, ...]] = [() for _ in samples]
         pending = set(by_correlation)
         try:
@@ -152,9 +155,11 @@ async def _publish_and_collect(
                         if event.get("event_type") == "referral.outcome" and cid in pending:
                             pending.discard(cid)
                             index = by_correlation[cid]
-                            rows[index] = _row(event, samples[index][0])
+                            rows[index] = _row(event, samples[index][0], letters_dir)
+                            _print_row(rows[index])
                             if not pending:
                                 break
         except TimeoutError:
             pass
+        print()
         return rows

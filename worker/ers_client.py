@@ -58,8 +58,14 @@ class ErsClient:
         self._http = http
         self._base = base_url.rstrip("/")
         self._limiter = AsyncLimiter(rate_limit_per_second, 1.0)
-        self.retry = retry
         self.booking_timeout = booking_timeout_seconds
+        # Built once; each call runs on a copy, since a Retrying object holds per-run state.
+        self.retrying = AsyncRetrying(
+            retry=retry_if_exception_type(ErsTransientError),
+            stop=stop_after_attempt(retry.max_attempts),
+            wait=_wait(retry),
+            reraise=True,
+        )
 
     def session(
         self,
@@ -84,7 +90,9 @@ class ErsClient:
 
 
 def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
-    backoff = wait_exponential_jitter(initial=policy.initial_wait, max=policy.max_wait)
+    backoff = wait_exponential_jitter(
+        multiplier=policy.initial_wait, max=policy.max_wait, jitter=policy.initial_wait
+    )
 
     def wait(state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -134,13 +142,7 @@ class ErsSession:
         params: dict[str, str | int] | None = None,
         timeout: float | None = None,
     ) -> ErsReply:
-        policy = self._client.retry
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(ErsTransientError),
-            stop=stop_after_attempt(policy.max_attempts),
-            wait=_wait(policy),
-            reraise=True,
-        )
+        retrying = self._client.retrying.copy()
         body = orjson.dumps(json) if json is not None else content
         all_headers = {**self._headers, **(headers or {})}
         if json is not None:

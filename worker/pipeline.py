@@ -27,6 +27,7 @@ from worker import outcomes
 from worker.ers_client import ErsClient
 from worker.intake import Rejection, parse_request
 from worker.ports import LetterStore
+from worker.privacy import where
 from worker.reference_data import ReferenceData
 from worker.saga import new_saga
 from worker.saga_runner import run_saga
@@ -139,9 +140,14 @@ class RequestHandler:
                 new_saga(request.request_id, correlation_id), ctx, drain_calls=session.drain_calls
             )
         except Exception as exc:  # a bug, not a message problem: park it for a person
-            log.exception(
+            # Not log.exception: an unexpected error's message may quote patient data.
+            log.error(
                 "saga crashed",
-                extra={"request_id": request.request_id, "error": type(exc).__name__},
+                extra={
+                    "request_id": request.request_id,
+                    "error": type(exc).__name__,
+                    "where": where(exc),
+                },
             )
             return self._early(
                 request,

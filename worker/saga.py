@@ -62,6 +62,7 @@ class ShortlistedService(BaseModel):
     name: str
     bookable_type: str | None
     triage: bool
+    appointments: bool = True
 
 
 class SagaState(BaseModel):
@@ -152,6 +153,8 @@ def planned_path(action: IntendedAction, target: ShortlistedService) -> Path | N
         return Path.SHORTLIST_ONLY
     if action is IntendedAction.SEND_FOR_TRIAGE:
         return Path.RAS_TRIAGE if target.triage else None
+    if not target.appointments:
+        return None
     if target.bookable_type == "INDIRECTLY_BOOKABLE":
         return Path.IBS_SHORTLISTED
     if target.bookable_type != "DIRECTLY_BOOKABLE":

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from schemas.events import ErrorInfo, OutcomeStatus, Step
 from worker.errors import ErsAuthError, ErsError, SagaError, TokenExpired
 from worker.ports import ErsCall
+from worker.privacy import redact
 from worker.saga import CallRecord, SagaState, finish, next_step, transition
 from worker.steps import STEPS, SagaContext
 
@@ -22,11 +23,11 @@ def error_info(step: Step, exc: SagaError) -> ErrorInfo:
         return ErrorInfo(
             step=step,
             code=exc.code,
-            text=exc.diagnostics or str(exc),
+            text=redact(exc.diagnostics) or str(exc),
             http_status=exc.status,
             retryable=exc.retryable,
         )
-    return ErrorInfo(step=step, code=exc.code, text=str(exc), retryable=exc.retryable)
+    return ErrorInfo(step=step, code=exc.code, text=redact(str(exc)), retryable=exc.retryable)
 
 
 def status_for(exc: SagaError) -> OutcomeStatus:

@@ -105,7 +105,11 @@ def choose_shortlist(
         chosen = [by_id[sid] for sid in request.shortlist.service_ids]
     return tuple(
         ShortlistedService(
-            service_id=s.service_id, name=s.name, bookable_type=s.bookable_type, triage=s.triage
+            service_id=s.service_id,
+            name=s.name,
+            bookable_type=s.bookable_type,
+            triage=s.triage,
+            appointments="APPOINTMENT_REQUEST" in s.request_flow_types,
         )
         for s in chosen
     )

@@ -1,0 +1,164 @@
+"""A requester's view of the worker for end-to-end tests: publish, then read what came back.
+
+Reading uses basic.get polled against a deadline (a condition with a timeout, never a bare
+sleep). ``settle`` stops the worker first, so what is read after it is everything the worker
+published for the test: counts can be asserted exactly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
+
+from sandbox.testing import SandboxAdmin
+from worker.consumer import Worker
+from worker.tokens import TOKEN_HEADER
+from worker.topology import REQUEST_ROUTING_KEY, Names
+
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+TEST_TOKEN = "test-user-token-0123456789"
+
+
+def sample(name: str, **changes: Any) -> dict[str, Any]:
+    """A shipped sample request with a fresh request id and top-level fields replaced."""
+    data: dict[str, Any] = orjson.loads((SAMPLES / name).read_bytes())
+    data["request_id"] = f"{data['request_id']}-{uuid.uuid4().hex[:8]}"
+    data.update(changes)
+    return data
+
+
+@dataclass
+class Received:
+    body: dict[str, Any]
+    headers: dict[str, Any]
+    correlation_id: str | None
+    routing_key: str | None
+
+
+@dataclass
+class Harness:
+    amqp_url: str
+    names: Names
+    worker: Worker
+    sandbox: SandboxAdmin
+    replies: list[Received] = field(default_factory=list)
+    topic: list[Received] = field(default_factory=list)
+    parked: list[Received] = field(default_factory=list)
+    _connection: AbstractConnection | None = None
+    _channel: AbstractChannel | None = None
+    _reply_queue: AbstractQueue | None = None
+    _tap: AbstractQueue | None = None
+    _dlq: AbstractQueue | None = None
+
+    async def open(self) -> None:
+        self._connection = await aio_pika.connect(self.amqp_url)
+        self._channel = await self._connection.channel(publisher_confirms=True)
+        self._reply_queue = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        self._tap = await self._channel.declare_queue(exclusive=True, auto_delete=True)
+        await self._tap.bind(self.names.events_exchange, routing_key="#")
+        self._dlq = await self._channel.get_queue(self.names.dead_letter_queue)
+
+    async def close(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    @property
+    def reply_to(self) -> str:
+        assert self._reply_queue is not None
+        return self._reply_queue.name
+
+    async def publish(
+        self,
+        body: dict[str, Any] | bytes,
+        *,
+        token: str | None = TEST_TOKEN,
+        reply: bool = True,
+        headers: dict[str, Any] | None = None,
+    ) -> str:
+        assert self._channel is not None
+        correlation_id = f"corr-{uuid.uuid4().hex}"
+        all_headers: dict[str, Any] = dict(headers or {})
+        if token is not None:
+            all_headers[TOKEN_HEADER] = token
+        exchange = await self._channel.get_exchange(self.names.requests_exchange)
+        await exchange.publish(
+            aio_pika.Message(
+                body=body if isinstance(body, bytes) else orjson.dumps(body),
+                content_type="application/json",
+                correlation_id=correlation_id,
+                message_id=str(uuid.uuid4()),
+                reply_to=self.reply_to if reply else None,
+                headers=all_headers,
+                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            ),
+            routing_key=REQUEST_ROUTING_KEY,
+        )
+        return correlation_id
+
+    async def _drain(self, queue: AbstractQueue | None, into: list[Received]) -> None:
+        assert queue is not None
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            try:
+                body = orjson.loads(message.body)
+            except orjson.JSONDecodeError:
+                body = {"raw": message.body, "event_type": None}  # a parked garbage message
+            into.append(
+                Received(
+                    body=body,
+                    headers=dict(message.headers or {}),
+                    correlation_id=message.correlation_id,
+                    routing_key=message.routing_key,
+                )
+            )
+
+    async def poll(self) -> None:
+        await self._drain(self._reply_queue, self.replies)
+        await self._drain(self._tap, self.topic)
+        await self._drain(self._dlq, self.parked)
+
+    async def wait_until(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            await self.poll()
+            if condition():
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"condition not met within {timeout}s")
+            await asyncio.sleep(0.05)
+
+    def outcomes(
+        self, correlation_id: str, source: list[Received] | None = None
+    ) -> list[dict[str, Any]]:
+        return [
+            r.body
+            for r in (self.replies if source is None else source)
+            if r.correlation_id == correlation_id and r.body["event_type"] == "referral.outcome"
+        ]
+
+    def letters(
+        self, correlation_id: str, source: list[Received] | None = None
+    ) -> list[dict[str, Any]]:
+        return [
+            r.body
+            for r in (self.replies if source is None else source)
+            if r.correlation_id == correlation_id
+            and r.body["event_type"] == "referral.letter_ready"
+        ]
+
+    async def outcome(self, correlation_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        await self.wait_until(lambda: bool(self.outcomes(correlation_id)), timeout)
+        return self.outcomes(correlation_id)[0]
+
+    async def settle(self) -> None:
+        """Stop the worker and read everything it published."""
+        await self.worker.stop(grace_seconds=5)
+        await self.poll()

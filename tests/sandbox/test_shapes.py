@@ -1,0 +1,28 @@
+"""The shape comparison the example tests rely on."""
+
+from __future__ import annotations
+
+from tests.sandbox.shapes import shape_mismatches
+
+
+def test_same_keys_and_types_match_whatever_the_values() -> None:
+    example = {"a": 1, "b": {"c": "x"}, "d": [{"e": True}]}
+    assert (
+        shape_mismatches({"a": 2, "b": {"c": "y"}, "d": [{"e": False}, {"e": True}]}, [example])
+        == []
+    )
+
+
+def test_missing_or_extra_keys_and_wrong_types_are_reported() -> None:
+    example = {"a": 1, "b": [{"c": "x"}]}
+    assert shape_mismatches({"a": 1}, [example])
+    assert shape_mismatches({"a": 1, "b": [], "z": 0}, [example])
+    assert shape_mismatches({"a": "1", "b": [{"c": "x"}]}, [example])
+    assert shape_mismatches({"a": 1, "b": [{"c": 3}]}, [example])
+
+
+def test_array_elements_may_match_any_example_element() -> None:
+    example = {"extension": [{"url": "u", "valueBoolean": True}, {"url": "u", "valueString": "s"}]}
+    assert shape_mismatches({"extension": [{"url": "v", "valueString": "t"}]}, [example]) == []
+    assert shape_mismatches({"extension": [{"url": "v", "valueInteger": 1}]}, [example])
+    assert shape_mismatches({"extension": []}, [example])

@@ -1,0 +1,53 @@
+"""The production entry point as a process: `ers-worker run` consumes, then exits 0 on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from typing import Any
+
+from tests.conftest import delete_topology
+from tests.harness import Harness, sample
+from worker.settings import Settings
+from worker.topology import Names
+
+
+async def test_run_consumes_then_stops_cleanly_on_sigterm(
+    settings: Settings, amqp_url: str, sandbox_admin: Any, harness: Harness
+) -> None:
+    # The in-process worker of the harness stops first: only the subprocess consumes.
+    await harness.worker.stop(grace_seconds=1)
+    env = {
+        **os.environ,
+        "AMQP_URL": amqp_url,
+        "TOPOLOGY_PREFIX": settings.topology_prefix,
+        "ERS_BASE_URL": settings.ers_base_url,
+        "LETTERS_DIR": str(settings.letters_dir),
+        "LOG_LEVEL": "INFO",
+    }
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "run",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        cid = await harness.publish(sample("03-ibs-shortlisted.json"))
+        outcome = await harness.outcome(cid, timeout=60)
+        assert outcome["status"] == "COMPLETED"
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, stderr.decode()[-2000:]
+    log = stderr.decode()
+    assert "consuming" in log and "stopping" in log
+    assert "test-user-token" not in log
+    await delete_topology(amqp_url, Names(settings.topology_prefix))
