@@ -51,3 +51,24 @@ async def test_run_consumes_then_stops_cleanly_on_sigterm(
     assert "consuming" in log and "stopping" in log
     assert "test-user-token" not in log
     await delete_topology(amqp_url, Names(settings.topology_prefix))
+
+
+async def test_demo_says_in_one_line_when_rabbitmq_is_unreachable() -> None:
+    env = {**os.environ, "AMQP_URL": "amqp://guest:guest@127.0.0.1:9/"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "worker.cli",
+        "demo",
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    stdout, stderr = await asyncio.wait_for(process.communicate(), timeout=30)
+    assert process.returncode == 2
+    lines = stderr.decode().strip().splitlines()
+    assert lines == [
+        "RabbitMQ is not reachable at 127.0.0.1:9: start one with `rabbitmq-server -detached` "
+        "(or set AMQP_URL), then run again."
+    ]
+    assert stdout == b""

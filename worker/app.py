@@ -74,5 +74,21 @@ def configure_logging(level: str) -> None:
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
-    # httpx logs every request line at INFO; our own call records say what matters.
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.getLogger().level))
+    guard_library_loggers()
+
+
+# At DEBUG, aio-pika and aiormq log whole messages (headers with the access token, bodies with
+# NHS numbers) and httpcore logs request headers (the bearer token): never below these levels.
+# httpx logs each request line at INFO; our own call records say what matters.
+_LIBRARY_FLOORS = {
+    "aio_pika": logging.INFO,
+    "aiormq": logging.INFO,
+    "httpcore": logging.INFO,
+    "httpx": logging.WARNING,
+}
+
+
+def guard_library_loggers() -> None:
+    for name, floor in _LIBRARY_FLOORS.items():
+        library = logging.getLogger(name)
+        library.setLevel(max(floor, library.getEffectiveLevel()))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import glob
+import logging
 import sys
 import uuid
 from pathlib import Path
@@ -35,10 +36,15 @@ def _where(url: str) -> str:
 
 
 async def _broker_reachable(url: str) -> bool:
+    aiormq_log = logging.getLogger("aiormq")
+    level = aiormq_log.level
+    aiormq_log.setLevel(logging.CRITICAL)  # our one line says it better than its traceback
     try:
         connection = await asyncio.wait_for(aio_pika.connect(url), timeout=5)
     except (OSError, TimeoutError, aio_pika.exceptions.AMQPError):
         return False
+    finally:
+        aiormq_log.setLevel(level)
     await connection.close()
     return True
 

@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
-from sandbox.testing import SandboxAdmin, SandboxHandle, running_sandbox
+from sandbox.testing import SandboxAdmin, SandboxHandle
 
 
 @pytest.fixture(scope="session")
-def sandbox_server() -> Iterator[SandboxHandle]:
-    with running_sandbox() as handle:
-        yield handle
+def sandbox_server(sandbox: SandboxHandle) -> SandboxHandle:
+    """The session's one sandbox (tests/conftest.py starts it)."""
+    return sandbox
 
 
 @pytest.fixture
