@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 SANDBOX_PORT ?= 8765
 
-.PHONY: install run test lint format typecheck pytest schemas sandbox worker clean
+.PHONY: install run test lint format typecheck pytest schemas sandbox worker bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,9 @@ sandbox: $(STAMP) ## the e-RS sandbox alone, on SANDBOX_PORT
 
 worker: $(STAMP) ## the production entry point, configured from the environment
 	$(BIN)/ers-worker run
+
+bench: $(STAMP) ## throughput and CPU per request through RabbitMQ and the sandbox
+	$(BIN)/python -m bench.throughput --requests 200 --concurrency 50
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache letters

@@ -1,0 +1,186 @@
+"""Throughput and cost of the worker: N referral requests through RabbitMQ and the sandbox.
+
+    python -m bench.throughput [--requests 200] [--concurrency 50] [--path dbs|ibs]
+
+The sandbox runs in its own process so the CPU figures are the worker's alone (plus the
+requester publishing and reading outcomes in the same process, which is small). e-RS' rate
+limit is lifted for the run: the figure of interest is the worker's own cost per message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import resource
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import aio_pika
+import httpx
+import orjson
+from pydantic import SecretStr
+
+from worker.app import request_handler
+from worker.consumer import Worker
+from worker.settings import Settings
+from worker.tokens import TOKEN_HEADER
+from worker.topology import REQUEST_ROUTING_KEY, Names
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE = {"dbs": "01-dbs-booked.json", "ibs": "03-ibs-shortlisted.json"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def start_sandbox(port: int) -> subprocess.Popen[bytes]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    async with httpx.AsyncClient() as client:
+        for _ in range(100):
+            try:
+                await client.get(f"http://127.0.0.1:{port}/_sandbox/health")
+                return process
+            except httpx.TransportError:
+                await asyncio.sleep(0.05)
+    process.kill()
+    raise RuntimeError("sandbox did not start")
+
+
+async def give_slots(root: str, count: int) -> None:
+    start = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(days=1)
+    slots = [
+        {
+            "start": (start + timedelta(minutes=15 * i)).isoformat(),
+            "end": (start + timedelta(minutes=15 * (i + 1))).isoformat(),
+        }
+        for i in range(count)
+    ]
+    async with httpx.AsyncClient() as client:
+        (await client.put(f"{root}/_sandbox/slots/11002", json={"slots": slots})).raise_for_status()
+
+
+async def run(requests: int, concurrency: int, path: str, amqp_url: str) -> dict[str, Any]:
+    port = free_port()
+    sandbox = await start_sandbox(port)
+    root = f"http://127.0.0.1:{port}"
+    prefix = f"bench-{uuid.uuid4().hex[:8]}"
+    template = orjson.loads((ROOT / "samples" / SAMPLE[path]).read_bytes())
+    try:
+        await give_slots(root, requests + 10)
+        with TemporaryDirectory() as letters:
+            settings = Settings().model_copy(
+                update={
+                    "amqp_url": SecretStr(amqp_url),
+                    "topology_prefix": prefix,
+                    "ers_base_url": f"{root}/referrals/FHIR",
+                    "letters_dir": Path(letters),
+                    "ers_rate_limit_per_second": 100_000.0,
+                    "concurrency": concurrency,
+                    "prefetch": concurrency,
+                }
+            )
+            async with request_handler(settings) as handler:
+                worker = Worker(settings, handler)
+                await worker.start()
+                try:
+                    return await drive(amqp_url, Names(prefix), template, requests, concurrency)
+                finally:
+                    await worker.stop(grace_seconds=10)
+                    await delete(amqp_url, Names(prefix))
+    finally:
+        sandbox.terminate()
+        sandbox.wait(timeout=10)
+
+
+async def drive(
+    amqp_url: str, names: Names, template: dict[str, Any], requests: int, concurrency: int
+) -> dict[str, Any]:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+        exchange = await channel.get_exchange(names.requests_exchange)
+        bodies = []
+        for i in range(requests):
+            body = dict(template)
+            body["request_id"] = f"bench-{i}-{uuid.uuid4().hex[:6]}"
+            bodies.append(orjson.dumps(body))
+        cpu0, wall0 = time.process_time(), time.perf_counter()
+        for i, body in enumerate(bodies):
+            await exchange.publish(
+                aio_pika.Message(
+                    body=body,
+                    correlation_id=str(i),
+                    reply_to=replies.name,
+                    headers={TOKEN_HEADER: "bench-token"},
+                ),
+                routing_key=REQUEST_ROUTING_KEY,
+            )
+        statuses: dict[str, int] = {}
+        outcomes = 0
+        async with replies.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                event = orjson.loads(message.body)
+                if event["event_type"] == "referral.outcome":
+                    outcomes += 1
+                    statuses[event["status"]] = statuses.get(event["status"], 0) + 1
+                    if outcomes == requests:
+                        break
+        wall = time.perf_counter() - wall0
+        cpu = time.process_time() - cpu0
+    return {
+        "requests": requests,
+        "concurrency": concurrency,
+        "outcomes": statuses,
+        "wall_s": round(wall, 2),
+        "throughput_per_s": round(requests / wall, 1),
+        "worker_cpu_ms_per_request": round(cpu * 1000 / requests, 2),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+async def delete(amqp_url: str, names: Names) -> None:
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (names.requests_queue, names.dead_letter_queue):
+            await channel.queue_delete(queue)
+        for exchange in (
+            names.requests_exchange,
+            names.events_exchange,
+            names.dead_letter_exchange,
+        ):
+            await channel.exchange_delete(exchange)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--path", choices=sorted(SAMPLE), default="dbs")
+    args = parser.parse_args()
+    amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    figures = asyncio.run(run(args.requests, args.concurrency, args.path, amqp_url))
+    for key, value in figures.items():
+        print(f"{key:28} {value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
