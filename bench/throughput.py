@@ -14,7 +14,6 @@ import asyncio
 import os
 import resource
 import socket
-import subprocess
 import sys
 import time
 import uuid
@@ -44,11 +43,11 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-async def start_sandbox(port: int) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+async def start_sandbox(port: int) -> asyncio.subprocess.Process:
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "sandbox", "--host", "127.0.0.1", "--port", str(port)],
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
     async with httpx.AsyncClient() as client:
         for _ in range(100):
@@ -104,7 +103,7 @@ async def run(requests: int, concurrency: int, path: str, amqp_url: str) -> dict
                     await delete(amqp_url, Names(prefix))
     finally:
         sandbox.terminate()
-        sandbox.wait(timeout=10)
+        await asyncio.wait_for(sandbox.wait(), timeout=10)
 
 
 async def drive(
@@ -115,7 +114,7 @@ async def drive(
         channel = await connection.channel(publisher_confirms=True)
         replies = await channel.declare_queue(exclusive=True, auto_delete=True)
         exchange = await channel.get_exchange(names.requests_exchange)
-        bodies = []
+        bodies: list[bytes] = []
         for i in range(requests):
             body = dict(template)
             body["request_id"] = f"bench-{i}-{uuid.uuid4().hex[:6]}"
