@@ -25,7 +25,12 @@ class OutcomeStatus(StrEnum):
     REJECTED = "REJECTED"
     """The message itself was invalid; nothing was sent to e-RS. It is dead-lettered."""
     REAUTHENTICATION_NEEDED = "REAUTHENTICATION_NEEDED"
-    """The user's token was missing, expired or refused; re-send with a fresh token."""
+    """The user's token was missing, expired or refused; re-send with a fresh token and the
+    saga resumes from the step it reached."""
+    NEEDS_RECONCILIATION = "NEEDS_RECONCILIATION"
+    """A state-changing e-RS call was sent but its effect is unknown (no answer, or a crash
+    between the call and its record). The worker will not repeat it: a person must check e-RS
+    (``error`` names the step and endpoint; ``ubrn`` is set when known)."""
 
 
 class Path(StrEnum):

@@ -84,6 +84,9 @@ def settings(
             "ers_retry_max_seconds": 0.1,
             "shutdown_grace_seconds": 10.0,
             "concurrency": 8,
+            "saga_store_path": tmp_path / "sagas.db",
+            "retry_delays_seconds": "0.2,0.5,1",
+            "patient_key_secret": SecretStr("test-secret"),
             **overrides,
         }
     )
@@ -104,14 +107,16 @@ async def harness(
         finally:
             await harness.close()
             await worker.stop(grace_seconds=5)
-            await delete_topology(amqp_url, Names(settings.topology_prefix))
+            await delete_topology(amqp_url, settings)
 
 
-async def delete_topology(amqp_url: str, names: Names) -> None:
+async def delete_topology(amqp_url: str, settings: Settings) -> None:
+    names = Names(settings.topology_prefix)
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        for queue in (names.requests_queue, names.dead_letter_queue):
+        delays = [names.delay_queue(d) for d in settings.retry_delays]
+        for queue in (names.requests_queue, names.dead_letter_queue, *delays):
             await channel.queue_delete(queue)
         for exchange in (
             names.requests_exchange,

@@ -11,7 +11,6 @@ from typing import Any
 from tests.conftest import delete_topology
 from tests.harness import Harness, sample
 from worker.settings import Settings
-from worker.topology import Names
 
 
 async def test_run_consumes_then_stops_cleanly_on_sigterm(
@@ -25,6 +24,8 @@ async def test_run_consumes_then_stops_cleanly_on_sigterm(
         "TOPOLOGY_PREFIX": settings.topology_prefix,
         "ERS_BASE_URL": settings.ers_base_url,
         "LETTERS_DIR": str(settings.letters_dir),
+        "SAGA_STORE_PATH": str(settings.saga_store_path),
+        "RETRY_DELAYS_SECONDS": settings.retry_delays_seconds,
         "LOG_LEVEL": "INFO",
     }
     process = await asyncio.create_subprocess_exec(
@@ -50,7 +51,7 @@ async def test_run_consumes_then_stops_cleanly_on_sigterm(
     log = stderr.decode()
     assert "consuming" in log and "stopping" in log
     assert "test-user-token" not in log
-    await delete_topology(amqp_url, Names(settings.topology_prefix))
+    await delete_topology(amqp_url, settings)
 
 
 async def test_demo_says_in_one_line_when_rabbitmq_is_unreachable() -> None:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,10 +15,13 @@ import httpx
 from worker.ers_client import ErsClient, RetryPolicy
 from worker.fhir_build import specialty_system
 from worker.letter_store import FileLetterStore
-from worker.pipeline import RequestHandler
+from worker.pipeline import Durability, RequestHandler
 from worker.reference_data import ReferenceData
+from worker.saga_store import SagaStore
 from worker.settings import Settings
 from worker.steps import SagaOptions
+from worker.store_postgres import PostgresSagaStore
+from worker.store_sqlite import SqliteSagaStore
 from worker.tokens import MessageHeaderTokenProvider, StaticTokenProvider, TokenProvider
 
 
@@ -39,8 +45,39 @@ def build_token_provider(settings: Settings) -> TokenProvider:
     return MessageHeaderTokenProvider()
 
 
+def replica_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+async def open_store(settings: Settings) -> SagaStore:
+    if settings.saga_store == "postgres":
+        return await PostgresSagaStore.open(
+            settings.postgres_dsn.get_secret_value(),
+            schema=settings.postgres_schema,
+            max_size=settings.concurrency + 2,
+        )
+    store = await SqliteSagaStore.open(settings.saga_store_path)
+    # SQLite serves one replica: whoever held a lease before this process started is dead.
+    released = await store.release_all_leases()
+    if released:
+        logging.getLogger("worker").info(
+            "released leases of a previous run", extra={"sagas": released}
+        )
+    return store
+
+
 @asynccontextmanager
 async def request_handler(settings: Settings) -> AsyncIterator[RequestHandler]:
+    store = await open_store(settings)
+    try:
+        async with _handler(settings, store) as handler:
+            yield handler
+    finally:
+        await store.close()
+
+
+@asynccontextmanager
+async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[RequestHandler]:
     async with build_http_client(settings) as http:
         ers = ErsClient(
             http,
@@ -64,6 +101,14 @@ async def request_handler(settings: Settings) -> AsyncIterator[RequestHandler]:
                 slot_page_size=settings.slot_page_size,
                 max_slot_pages=settings.slot_max_pages,
                 max_booking_attempts=settings.booking_max_attempts,
+            ),
+            durability=Durability(
+                store=store,
+                owner=replica_name(),
+                lease_seconds=settings.saga_lease_seconds,
+                patient_key_secret=settings.patient_key_secret.get_secret_value().encode(),
+                retry_delays=settings.retry_delays,
+                retry_budget_seconds=settings.retry_budget_seconds,
             ),
         )
 

@@ -14,9 +14,12 @@ import os
 import signal
 import sys
 
+import orjson
+
 from worker.app import configure_logging, request_handler
 from worker.consumer import Worker
 from worker.settings import Settings
+from worker.topology import Names, definitions
 
 log = logging.getLogger("worker")
 
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("samples", nargs="*", help="request files (default: samples/*.json)")
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for outcomes")
     sub.add_parser("schemas", help="write the JSON Schema files under schemas/")
+    sub.add_parser("definitions", help="print the RabbitMQ definitions of the topology")
     args = parser.parse_args(argv)
 
     if args.command == "schemas":
@@ -50,6 +54,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return export()
     settings = Settings()
+    if args.command == "definitions":
+        document = definitions(
+            Names(settings.topology_prefix),
+            delivery_limit=settings.delivery_limit,
+            delays=settings.retry_delays,
+        )
+        print(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode())
+        return 0
     if args.command == "demo":
         # The demo's output is its table; logs only when asked for with LOG_LEVEL.
         configure_logging(os.environ.get("LOG_LEVEL", "ERROR"))

@@ -1,18 +1,23 @@
-"""The RabbitMQ side: consume requests, publish events, and decide each message's fate.
+"""The RabbitMQ side: consume requests, publish events, and carry out each message's fate.
 
 Rules:
-1. A message is acknowledged only after its events are confirmed by the broker (publisher
-   confirms); if publishing fails the message stays unacknowledged and comes back.
-2. Ack, dead-letter and requeue are decided in ``_settle`` and nowhere else.
-3. Dead-lettered messages are re-published by us to the dead-letter exchange with the
-   reason in their headers and WITHOUT the access token, then acknowledged; the broker's
-   own dead-lettering (delivery limit) catches messages that crash the worker.
+1. A message is acknowledged only after everything it leads to (events, its copy in a delay
+   queue, its parked copy) is confirmed by the broker; if any publish fails the message stays
+   unacknowledged and comes back when the channel closes.
+2. Ack, park, delay and requeue are carried out in ``_settle`` and ``_requeue`` only.
+3. Parked messages are re-published by us to the dead-letter exchange with the reason in
+   their headers and WITHOUT the access token, then acknowledged. The broker's own
+   dead-lettering (the quorum queue's delivery limit) is the last resort for a message that
+   kills the worker; we park such a message ourselves on its last delivery.
+4. On stop: no new saga starts; running ones get the grace period; the rest are requeued
+   and resume from their checkpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +30,16 @@ from aio_pika.abc import (
 )
 
 from schemas.events import OutcomeEventV1
-from worker.pipeline import Event, Fate, Handled, Incoming, RequestHandler
+from worker.pipeline import (
+    ATTEMPT_HEADER,
+    FIRST_SEEN_HEADER,
+    Event,
+    Fate,
+    Handled,
+    Incoming,
+    RequestHandler,
+    attempt_of,
+)
 from worker.settings import Settings
 from worker.tokens import EXPIRES_HEADER, TOKEN_HEADER
 from worker.topology import (
@@ -38,15 +52,17 @@ from worker.topology import (
 
 log = logging.getLogger("worker.consumer")
 _SECRET_HEADERS = frozenset({TOKEN_HEADER, EXPIRES_HEADER})
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 
-def event_message(event: Event) -> aio_pika.Message:
+def event_message(event: Event, correlation_id: str | None) -> aio_pika.Message:
     return aio_pika.Message(
         body=event.model_dump_json().encode(),
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=event.event_id,
-        correlation_id=event.correlation_id,
+        # A reply correlates with the message it answers (a re-send has its own id).
+        correlation_id=correlation_id or event.correlation_id,
         type=event.event_type,
         timestamp=event.occurred_at,
         headers={"x-ers-schema-version": event.schema_version},
@@ -54,26 +70,40 @@ def event_message(event: Event) -> aio_pika.Message:
 
 
 def routing_key(event: Event) -> str:
-    if event.event_type == "referral.letter_ready":
-        return LETTER_READY_ROUTING_KEY
-    assert isinstance(event, OutcomeEventV1)
-    return f"{OUTCOME_ROUTING_PREFIX}.{event.status.value.lower()}"
+    if isinstance(event, OutcomeEventV1):
+        return f"{OUTCOME_ROUTING_PREFIX}.{event.status.value.lower()}"
+    return LETTER_READY_ROUTING_KEY
 
 
 def parked_headers(headers: Mapping[str, Any], handled: Handled) -> dict[str, Any]:
     kept = {k: v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
-    error = handled.outcome.error
+    outcome = handled.outcome
+    error = outcome.error if outcome else None
     kept.update(
         {
-            "x-ers-reason": error.code if error else "UNKNOWN",
+            "x-ers-reason": handled.reason or (error.code if error else "UNKNOWN"),
             "x-ers-step": error.step.value if error else "",
-            "x-ers-problem": (error.text if error else "")[:1000],
-            "x-ers-outcome-status": handled.outcome.status.value,
-            "x-ers-request-id": handled.outcome.request_id or "",
+            "x-ers-outcome-status": outcome.status.value if outcome else "",
+            "x-ers-request-id": (outcome.request_id if outcome else None) or "",
             "x-ers-parked-at": datetime.now(UTC).isoformat(),
         }
     )
+    # Our own texts name fields and rules only; e-RS' free-text diagnostics stay in the event.
+    if error is not None and error.http_status is None:
+        kept["x-ers-problem"] = error.text[:1000]
     return kept
+
+
+def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+    )
 
 
 class Worker:
@@ -89,6 +119,7 @@ class Worker:
         self._channel: AbstractRobustChannel | None = None
         self._topology: Topology | None = None
         self._consumer_tag: str | None = None
+        self._stopping = False
 
     @property
     def in_flight(self) -> int:
@@ -109,7 +140,10 @@ class Worker:
         self._channel = channel
         await channel.set_qos(prefetch_count=self._settings.prefetch)
         self._topology = await declare(
-            channel, self._names, delivery_limit=self._settings.delivery_limit
+            channel,
+            self._names,
+            delivery_limit=self._settings.delivery_limit,
+            delays=self._settings.retry_delays,
         )
         self._consumer_tag = await self._topology.requests.consume(self._on_message)
         log.info(
@@ -122,20 +156,32 @@ class Worker:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _incoming(self, message: AbstractIncomingMessage) -> Incoming:
+        return Incoming(
+            body=message.body,
+            headers=message.headers or {},
+            correlation_id=message.correlation_id,
+            message_id=message.message_id,
+            reply_to=message.reply_to,
+        )
+
     async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
+            if self._stopping:
+                await self._requeue(message)
+                return
             async with self._slots:
-                incoming = Incoming(
-                    body=message.body,
-                    headers=message.headers or {},
-                    correlation_id=message.correlation_id,
-                    message_id=message.message_id,
-                    reply_to=message.reply_to,
-                )
-                handled = await self._handler.handle(incoming)
+                if self._stopping:  # stop() began while this one waited for a slot
+                    await self._requeue(message)
+                    return
+                incoming = self._incoming(message)
+                if self._last_delivery(message):
+                    handled = self._handler.poisoned(incoming)
+                else:
+                    handled = await self._handler.handle(incoming)
                 await self._settle(message, handled)
         except asyncio.CancelledError:
-            # Shutdown ran out of grace: hand the message back for another replica.
+            # Shutdown ran out of grace: hand the message back; the saga resumes elsewhere.
             await self._requeue(message)
             raise
         except Exception as exc:
@@ -143,24 +189,27 @@ class Worker:
             # redelivers when the channel closes, and its delivery limit stops a loop.
             log.error("message not settled", extra={"error": type(exc).__name__})
 
+    def _last_delivery(self, message: AbstractIncomingMessage) -> bool:
+        count = (message.headers or {}).get(DELIVERY_COUNT_HEADER, 0)
+        return isinstance(count, int) and count >= self._settings.delivery_limit
+
     async def _settle(self, message: AbstractIncomingMessage, handled: Handled) -> None:
         topology = self.topology
         for event in handled.events:
-            body = event_message(event)
+            body = event_message(event, message.correlation_id)
             if message.reply_to:
                 await topology.default.publish(body, routing_key=message.reply_to, mandatory=False)
             await topology.events.publish(body, routing_key=routing_key(event), mandatory=False)
         if handled.fate is Fate.DEAD_LETTER:
-            parked = aio_pika.Message(
-                body=message.body,
-                headers=parked_headers(message.headers or {}, handled),
-                content_type=message.content_type,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                message_id=message.message_id,
-                correlation_id=message.correlation_id,
-                reply_to=message.reply_to,
-            )
+            parked = _copy(message, parked_headers(message.headers or {}, handled))
             await topology.dead_letters.publish(parked, routing_key="", mandatory=False)
+        elif handled.fate is Fate.DELAY:
+            headers = dict(message.headers or {})
+            headers.pop(DELIVERY_COUNT_HEADER, None)
+            headers[ATTEMPT_HEADER] = attempt_of(headers) + 1
+            headers.setdefault(FIRST_SEEN_HEADER, time.time())
+            queue = topology.names.delay_queue(handled.delay_seconds)
+            await topology.default.publish(_copy(message, headers), routing_key=queue)
         await message.ack()
 
     async def _requeue(self, message: AbstractIncomingMessage) -> None:
@@ -170,21 +219,25 @@ class Worker:
             log.warning("requeue failed", extra={"error": type(exc).__name__})
 
     async def stop(self, grace_seconds: float | None = None) -> None:
-        """Stop taking messages, let in-flight sagas finish within the grace, requeue the rest."""
+        """Stop taking messages, let running sagas finish within the grace, requeue the rest."""
         grace = self._settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
+        self._stopping = True
         if self._topology is not None and self._consumer_tag is not None:
             try:
                 await self._topology.requests.cancel(self._consumer_tag)
             except Exception as exc:
                 log.warning("consumer cancel failed", extra={"error": type(exc).__name__})
             self._consumer_tag = None
-        if self._tasks:
-            log.info("draining", extra={"in_flight": len(self._tasks), "grace_seconds": grace})
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        deadline = time.monotonic() + grace
+        while self._tasks:
+            log.info("draining", extra={"in_flight": len(self._tasks)})
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                for task in set(self._tasks):
+                    task.cancel()
+                await asyncio.gather(*set(self._tasks), return_exceptions=True)
+                break
+            await asyncio.wait(set(self._tasks), timeout=remaining)
         if self._connection is not None:
             await self._connection.close()
             self._connection = None

@@ -8,8 +8,10 @@
     │   ├── ErsConflict               409/412: the referral version we hold is stale
     │   ├── ErsLocked                 423: someone else is updating the referral
     │   ├── ErsRejected               other 4xx: e-RS refused the request as it stands
+    │   ├── ErsUnexpected             an answer the spec does not list: a person must look
     │   └── ErsOutcomeUnknown         a non-idempotent call whose effect is unknown
     ├── TokenExpired                  the token expired before the call was made
+    ├── NeedsReconciliation           an unknown effect the worker cannot check for itself
     └── BusinessRuleFailure           the worker refused to go on (e.g. service not found)
 
 Messages hold endpoint, status and e-RS codes only: never tokens or patient identifiers.
@@ -84,6 +86,10 @@ class ErsRejected(ErsError):
     retryable = False
 
 
+class ErsUnexpected(ErsError):
+    retryable = False
+
+
 class ErsOutcomeUnknown(ErsError):
     """Sent, but no answer: repeating could refer or book twice, so a person must reconcile."""
 
@@ -93,6 +99,11 @@ class ErsOutcomeUnknown(ErsError):
 class TokenExpired(SagaError):
     code = "TOKEN_EXPIRED"
     retryable = True
+
+
+class NeedsReconciliation(SagaError):
+    code = "NEEDS_RECONCILIATION"
+    retryable = False
 
 
 class BusinessRuleFailure(SagaError):

@@ -16,6 +16,7 @@ from worker.errors import (
     ErsRateLimited,
     ErsRejected,
     ErsTransientError,
+    ErsUnexpected,
 )
 from worker.fhir_read import operation_outcome
 
@@ -41,6 +42,11 @@ class Endpoint(StrEnum):
 _STATE_CHANGING = frozenset(
     {Endpoint.A011, Endpoint.A012, Endpoint.A016, Endpoint.A020, Endpoint.A021}
 )
+
+
+# The statuses the spec lists for the referrer-flow endpoints; anything else is unexpected.
+_REFUSALS = frozenset({400, 403, 404, 406, 415, 422})
+_SERVER_FAULTS = frozenset({500, 502, 504})
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -76,11 +82,13 @@ def classify_status(
     if status == 503:
         # e-RS (or its gateway) did not take the request on: safe to send again.
         return ErsTransientError(endpoint, status, code, **kw)
-    if status >= 500:
+    if status in _SERVER_FAULTS:
         if endpoint.changes_state:
             return ErsOutcomeUnknown(endpoint, status, code, **kw)
         return ErsTransientError(endpoint, status, code, **kw)
-    return ErsRejected(endpoint, status, code, **kw)
+    if status in _REFUSALS:
+        return ErsRejected(endpoint, status, code, **kw)
+    return ErsUnexpected(endpoint, status, code, **kw)
 
 
 def classify_transport(endpoint: Endpoint, exc: httpx.TransportError) -> ErsError:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,12 +29,13 @@ from tenacity import (
 )
 
 from schemas.referral_request import ActingUser
-from worker.errors import ErsRateLimited, ErsTransientError, TokenExpired
+from worker.errors import ErsRateLimited, ErsTransientError, ErsUnexpected, TokenExpired
 from worker.ers_classify import Endpoint, classify_status, classify_transport
 from worker.ports import ErsCall, ErsReply
 from worker.tokens import AccessToken
 
 FHIR_JSON = "application/fhir+json"
+BeforeWrite = Callable[[str], Awaitable[None]]
 _FILENAME = re.compile(r'filename="?(?P<name>[^";]+)"?')
 
 
@@ -74,8 +75,9 @@ class ErsClient:
         correlation_id: str,
         *,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        before_write: BeforeWrite | None = None,
     ) -> ErsSession:
-        return ErsSession(self, user, token, correlation_id, now)
+        return ErsSession(self, user, token, correlation_id, now, before_write)
 
     def url(self, path: str) -> str:
         return f"{self._base}/STU3/{path}"
@@ -114,10 +116,12 @@ class ErsSession:
         token: AccessToken,
         correlation_id: str,
         now: Callable[[], datetime],
+        before_write: BeforeWrite | None,
     ) -> None:
         self._client = client
         self._token = token
         self._now = now
+        self._before_write = before_write
         self._headers = {
             "NHSD-End-User-Organisation-ODS": user.ods_code,
             "NHSD-eRS-Business-Function": user.business_function.value,
@@ -142,6 +146,8 @@ class ErsSession:
         params: dict[str, str | int] | None = None,
         timeout: float | None = None,
     ) -> ErsReply:
+        if endpoint.changes_state and self._before_write is not None:
+            await self._before_write(endpoint.value)
         retrying = self._client.retrying.copy()
         body = orjson.dumps(json) if json is not None else content
         all_headers = {**self._headers, **(headers or {})}
@@ -186,8 +192,14 @@ class ErsSession:
                 raise error from None
         request_id = response.headers.get("X-Request-ID")
         if response.is_success:
+            try:
+                reply = self._reply(response, request_id)
+            except orjson.JSONDecodeError:
+                error = ErsUnexpected(endpoint, response.status_code, "UNREADABLE_BODY")
+                self._record(endpoint, response.status_code, at, started, request_id, error.code)
+                raise error from None
             self._record(endpoint, response.status_code, at, started, request_id, None)
-            return self._reply(response, request_id)
+            return reply
         parsed: Any = None
         if response.content:
             try:
@@ -222,7 +234,7 @@ class ErsSession:
         body: Any = None
         content = b""
         if "json" in content_type and response.content:
-            body = orjson.loads(response.content)
+            body = orjson.loads(response.content)  # a bad body raises JSONDecodeError
         else:
             content = response.content
         disposition = _FILENAME.search(response.headers.get("Content-Disposition", ""))

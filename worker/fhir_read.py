@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -76,14 +76,14 @@ class ReferralFacts:
     version: str
     state: str | None
     commissioning_rule_org: str | None
-    appointment_created: datetime | None
+    appointment: AppointmentFacts | None
     attachment_urls: tuple[str, ...]
 
 
 def referral_facts(body: Json, etag: str | None = None) -> ReferralFacts:
     """A ReferralRequest (A005, A011, A012, A021). The ETag wins over meta.versionId."""
     version = version_from_etag(etag) or str(body.get("meta", {}).get("versionId", ""))
-    state = comm_org = None
+    state = comm_org = appointment_id = None
     for ext in body.get("extension", []):
         url = ext.get("url")
         if url == f"{_SD}Extension-eRS-ReferralState-1":
@@ -94,24 +94,29 @@ def referral_facts(body: Json, etag: str | None = None) -> ReferralFacts:
             ident = ext.get("valueIdentifier", {})
             if ident.get("system") == ODS_ORGANIZATION_CODE:
                 comm_org = ident.get("value")
-    created = None
+        elif url == f"{_SD}Extension-eRS-Appointment-Reference-1":
+            reference = ext.get("valueReference", {}).get("reference", "")
+            appointment_id = reference.rsplit("/", 1)[-1] or None
+    appointment = None
     urls: list[str] = []
     for res in body.get("contained", []):
         kind = res.get("resourceType")
-        if kind == "Appointment" and res.get("created"):
-            created = parse_instant(res["created"])
+        if kind == "Appointment":
+            appointment = appointment_facts(res)
         elif kind == "DocumentReference":
             urls.extend(
                 c["attachment"]["url"]
                 for c in res.get("content", [])
                 if "url" in c.get("attachment", {})
             )
+    if appointment is not None and appointment_id:
+        appointment = replace(appointment, appointment_id=appointment_id)
     return ReferralFacts(
         ubrn=str(body.get("id", "")),
         version=version,
         state=state,
         commissioning_rule_org=comm_org,
-        appointment_created=created,
+        appointment=appointment,
         attachment_urls=tuple(urls),
     )
 

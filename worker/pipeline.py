@@ -1,12 +1,18 @@
 """One message in, its events and its fate out: the consumer's logic without the broker.
 
-``RequestHandler.handle`` never raises for a message's content: every message ends as
-events to publish plus one ``Fate`` (acknowledge, or dead-letter for a person to look at).
+``RequestHandler.handle`` never raises for a message: every message ends as events to
+publish plus one ``Fate``: acknowledge, park for a person, or send to a delay queue.
+
+Order of work for a valid request: hold the patient (in process), claim the saga in the
+store (which also keeps other replicas and other sagas of the patient off it), run it from
+its checkpoint, store the outcome, and only then hand the events to the consumer. A crash
+at any point leaves either a checkpoint to resume from or a stored outcome to send again.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,22 +32,33 @@ from schemas.referral_request import ReferralRequestV1
 from worker import outcomes
 from worker.ers_client import ErsClient
 from worker.intake import Rejection, parse_request
+from worker.journal import Journal
+from worker.keyed_lock import KeyedLock
 from worker.ports import LetterStore
-from worker.privacy import where
 from worker.reference_data import ReferenceData
-from worker.saga import new_saga
+from worker.saga import SagaState, finish, new_saga
 from worker.saga_runner import run_saga
+from worker.saga_store import ClaimKind, LeaseLost, SagaStore, is_final, patient_key, resumable
 from worker.steps import SagaContext, SagaOptions
-from worker.tokens import TokenProvider
+from worker.tokens import AccessToken, TokenProvider
 
 log = logging.getLogger("worker.pipeline")
 
 Event = OutcomeEventV1 | LetterReadyEventV1
+ATTEMPT_HEADER = "x-ers-attempt"
+FIRST_SEEN_HEADER = "x-ers-first-seen"
+
+
+def attempt_of(headers: Mapping[str, Any]) -> int:
+    """How many times the message has been through a delay queue."""
+    value = headers.get(ATTEMPT_HEADER, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
 
 
 class Fate(StrEnum):
     ACK = "ack"
     DEAD_LETTER = "dead_letter"
+    DELAY = "delay"
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +69,48 @@ class Incoming:
     message_id: str | None = None
     reply_to: str | None = None
 
+    @property
+    def attempt(self) -> int:
+        return attempt_of(self.headers)
+
+    def first_seen(self, default: float) -> float:
+        value = self.headers.get(FIRST_SEEN_HEADER)
+        return float(value) if isinstance(value, int | float) else default
+
 
 @dataclass(frozen=True, slots=True)
 class Handled:
     events: list[Event]
     fate: Fate
-    outcome: OutcomeEventV1
+    outcome: OutcomeEventV1 | None = None
+    reason: str = ""
+    delay_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Durability:
+    """How sagas are kept and retried: the store, this replica's name, and the budgets."""
+
+    store: SagaStore
+    owner: str
+    lease_seconds: float
+    patient_key_secret: bytes
+    retry_delays: tuple[float, ...]
+    retry_budget_seconds: float
+
+
+PARKED_CODES = frozenset({"INTERNAL_ERROR", "UNEXPECTED_RESPONSE"})
+
+
+def needs_a_person(outcome: OutcomeEventV1) -> bool:
+    """Outcomes whose message is parked: e-RS state unknown, an answer nobody expected, a bug,
+    or a retry budget spent (a person decides when to replay it)."""
+    error = outcome.error
+    if outcome.status is OutcomeStatus.NEEDS_RECONCILIATION:
+        return True
+    if error is None or outcome.status is not OutcomeStatus.FAILED:
+        return False
+    return error.code in PARKED_CODES or error.retryable
 
 
 def _new_id() -> str:
@@ -73,14 +126,19 @@ class RequestHandler:
         letters: LetterStore,
         reference: ReferenceData,
         options: SagaOptions,
+        durability: Durability,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._ers = ers
         self._tokens = tokens
         self._letters = letters
         self._reference = reference
         self._options = options
+        self._durable = durability
         self._now = now
+        self._clock = clock
+        self._patients = KeyedLock()
 
     async def handle(self, msg: Incoming) -> Handled:
         parsed = parse_request(msg.body)
@@ -106,27 +164,93 @@ class RequestHandler:
                 "rejected invalid message",
                 extra={"request_id": event.request_id, "fields": [p.field for p in problems]},
             )
-            return Handled([event], Fate.DEAD_LETTER, event)
+            return Handled([event], Fate.DEAD_LETTER, event, reason="INVALID_MESSAGE")
         assert isinstance(parsed, ReferralRequestV1)
-        return await self._run(parsed, msg)
+        try:
+            return await self._handle_valid(parsed, msg)
+        except LeaseLost:
+            # Another replica took the saga over (ours stalled past its lease); it answers.
+            log.warning("lease lost", extra={"request_id": parsed.request_id})
+            return Handled([], Fate.ACK, reason="LEASE_LOST")
 
-    async def _run(self, request: ReferralRequestV1, msg: Incoming) -> Handled:
+    def poisoned(self, msg: Incoming) -> Handled:
+        """The message's last delivery before the broker gives up on it: earlier deliveries
+        ended without settling (the worker died or lost the broker each time). Park it, with
+        an outcome, rather than risk a fourth crash and the broker parking it with its token."""
+        parsed = parse_request(msg.body)
+        event = OutcomeEventV1(
+            event_id=_new_id(),
+            request_id=parsed.request_id,
+            correlation_id=msg.correlation_id or msg.message_id,
+            source_system=parsed.source_system,
+            status=OutcomeStatus.FAILED,
+            error=ErrorInfo(
+                step=Step.VALIDATE,
+                code="REDELIVERY_LIMIT",
+                text="the message was delivered repeatedly without being settled; parked "
+                "for a person (its saga, if any, resumes from its checkpoint when replayed)",
+                retryable=False,
+            ),
+            occurred_at=self._now(),
+        )
+        log.error("parked a poison message", extra={"request_id": parsed.request_id})
+        return Handled([event], Fate.DEAD_LETTER, event, reason="REDELIVERY_LIMIT")
+
+    async def _handle_valid(self, request: ReferralRequestV1, msg: Incoming) -> Handled:
         correlation_id = msg.correlation_id or msg.message_id or request.request_id
         token = self._tokens.token_for(msg.headers)
         if token is None or token.expired(self._now()):
             why = "no access token in the message" if token is None else "access token expired"
-            return self._early(
-                request,
-                correlation_id,
-                OutcomeStatus.REAUTHENTICATION_NEEDED,
-                ErrorInfo(
-                    step=Step.REFERENCE_DATA,
-                    code="TOKEN_MISSING" if token is None else "TOKEN_EXPIRED",
-                    text=f"{why}: re-send with a fresh CIS2 token",
-                    retryable=True,
-                ),
+            error = ErrorInfo(
+                step=Step.REFERENCE_DATA,
+                code="TOKEN_MISSING" if token is None else "TOKEN_EXPIRED",
+                text=f"{why}: re-send with a fresh CIS2 token",
+                retryable=True,
             )
-        session = self._ers.session(request.user, token, correlation_id, now=self._now)
+            event = self._outcome_without_saga(request, correlation_id, error)
+            return Handled([event], Fate.ACK, event)
+        durable = self._durable
+        key = patient_key(request.patient.nhs_number, durable.patient_key_secret)
+        # Same-patient requests queue up here rather than bouncing through delay queues.
+        async with self._patients.hold(key):
+            claim = await durable.store.claim(
+                new_saga(request.request_id, correlation_id),
+                key,
+                durable.owner,
+                durable.lease_seconds,
+                self._clock(),
+            )
+            if claim.kind is ClaimKind.FINISHED:
+                assert claim.outcome is not None
+                stored = OutcomeEventV1.model_validate_json(claim.outcome)
+                log.info("replayed outcome", extra={"request_id": request.request_id})
+                return Handled([stored], Fate.ACK, stored, reason="REPLAYED")
+            if claim.kind in (ClaimKind.BUSY_REQUEST, ClaimKind.BUSY_PATIENT):
+                return self._busy(request, msg, token, claim.kind, correlation_id)
+            assert claim.state is not None
+            start = resumable(claim.state) if claim.kind is ClaimKind.RESUMED else claim.state
+            return await self._run(request, msg, token, start, correlation_id)
+
+    async def _run(
+        self,
+        request: ReferralRequestV1,
+        msg: Incoming,
+        token: AccessToken,
+        start: SagaState,
+        correlation_id: str,
+    ) -> Handled:
+        durable = self._durable
+        journal = Journal(
+            durable.store,
+            start,
+            owner=durable.owner,
+            lease_seconds=durable.lease_seconds,
+            now=self._now,
+            clock=self._clock,
+        )
+        session = self._ers.session(
+            request.user, token, correlation_id, now=self._now, before_write=journal.before_write
+        )
         ctx = SagaContext(
             request=request,
             ers=session,
@@ -135,61 +259,124 @@ class RequestHandler:
             options=self._options,
             now=self._now,
         )
-        try:
-            state = await run_saga(
-                new_saga(request.request_id, correlation_id), ctx, drain_calls=session.drain_calls
-            )
-        except Exception as exc:  # a bug, not a message problem: park it for a person
-            # Not log.exception: an unexpected error's message may quote patient data.
-            log.error(
-                "saga crashed",
-                extra={
-                    "request_id": request.request_id,
-                    "error": type(exc).__name__,
-                    "where": where(exc),
-                },
-            )
-            return self._early(
-                request,
-                correlation_id,
-                OutcomeStatus.FAILED,
-                ErrorInfo(
-                    step=Step.DONE,
-                    code="INTERNAL_ERROR",
-                    text=f"the worker failed unexpectedly ({type(exc).__name__})",
-                    retryable=False,
+        state = await run_saga(
+            start, ctx, drain_calls=session.drain_calls, checkpoint=journal.checkpoint
+        )
+        if state.waiting is not None:
+            waited = self._wait_or_give_up(state, msg, token)
+            if isinstance(waited, Handled):
+                await durable.store.release(state, durable.owner, self._clock())
+                return waited
+            state = waited
+        return await self._finish(request, state)
+
+    def _wait_or_give_up(
+        self, state: SagaState, msg: Incoming, token: AccessToken
+    ) -> Handled | SagaState:
+        """A waiting saga goes to a delay queue, unless its token or its budget runs out."""
+        assert state.waiting is not None
+        delays = self._durable.retry_delays
+        delay = delays[min(msg.attempt, len(delays) - 1)]
+        now = self._clock()
+        resume_at = datetime.fromtimestamp(now + delay, UTC)
+        if token.expires_at is not None and token.expires_at <= resume_at:
+            return finish(
+                state,
+                OutcomeStatus.REAUTHENTICATION_NEEDED,
+                state.waiting.model_copy(
+                    update={
+                        "code": "TOKEN_EXPIRES_BEFORE_RETRY",
+                        "text": f"{state.waiting.code} at {state.waiting.step.value}; the access "
+                        "token expires before the next attempt: re-send with a fresh token",
+                    }
                 ),
-                fate=Fate.DEAD_LETTER,
             )
+        if now + delay > msg.first_seen(now) + self._durable.retry_budget_seconds:
+            return finish(
+                state,
+                OutcomeStatus.FAILED,
+                state.waiting.model_copy(
+                    update={"text": f"retry budget spent: {state.waiting.text}"}
+                ),
+            )
+        log.info(
+            "saga waiting",
+            extra={
+                "request_id": state.request_id,
+                "step": state.waiting.step.value,
+                "code": state.waiting.code,
+                "delay_seconds": delay,
+            },
+        )
+        return Handled([], Fate.DELAY, reason=state.waiting.code, delay_seconds=delay)
+
+    def _busy(
+        self,
+        request: ReferralRequestV1,
+        msg: Incoming,
+        token: AccessToken,
+        kind: ClaimKind,
+        correlation_id: str,
+    ) -> Handled:
+        delays = self._durable.retry_delays
+        delay = delays[min(msg.attempt, len(delays) - 1)]
+        now = self._clock()
+        if now + delay > msg.first_seen(now) + self._durable.retry_budget_seconds:
+            error = ErrorInfo(
+                step=Step.REFERENCE_DATA,
+                code=kind.value.upper(),
+                text="the request (or another for the same patient) stayed in progress "
+                "longer than the retry budget",
+                retryable=True,
+            )
+            event = self._outcome_without_saga(request, correlation_id, error, OutcomeStatus.FAILED)
+            return Handled([event], Fate.DEAD_LETTER, event, reason=error.code)
+        log.info("saga busy", extra={"request_id": request.request_id, "why": kind.value})
+        return Handled([], Fate.DELAY, reason=kind.value.upper(), delay_seconds=delay)
+
+    async def _finish(self, request: ReferralRequestV1, state: SagaState) -> Handled:
         now = self._now()
-        events: list[Event] = []
-        if state.letter is not None:
-            events.append(outcomes.letter_ready(state, event_id=_new_id(), now=now))
         outcome = outcomes.from_saga(
             state, source_system=request.source_system, event_id=_new_id(), now=now
         )
+        await self._durable.store.finish(
+            state,
+            outcome.model_dump_json().encode(),
+            self._durable.owner,
+            final=is_final(state),
+            now=self._clock(),
+        )
+        events: list[Event] = []
+        if state.letter is not None:
+            events.append(outcomes.letter_ready(state, event_id=_new_id(), now=now))
         events.append(outcome)
+        error = outcome.error
+        parked = needs_a_person(outcome)
         log.info(
             "saga finished",
             extra={
                 "request_id": request.request_id,
                 "status": outcome.status.value,
                 "path": outcome.path.value if outcome.path else None,
-                "error_code": outcome.error.code if outcome.error else None,
+                "error_code": error.code if error else None,
                 "ers_calls": len(state.history),
             },
         )
-        return Handled(events, Fate.ACK, outcome)
+        return Handled(
+            events,
+            Fate.DEAD_LETTER if parked else Fate.ACK,
+            outcome,
+            reason=error.code if error else "",
+        )
 
-    def _early(
+    def _outcome_without_saga(
         self,
         request: ReferralRequestV1,
         correlation_id: str,
-        status: OutcomeStatus,
         error: ErrorInfo,
-        fate: Fate = Fate.ACK,
-    ) -> Handled:
-        event = outcomes.not_started(
+        status: OutcomeStatus = OutcomeStatus.REAUTHENTICATION_NEEDED,
+    ) -> OutcomeEventV1:
+        return outcomes.not_started(
             status=status,
             error=error,
             request_id=request.request_id,
@@ -198,4 +385,3 @@ class RequestHandler:
             event_id=_new_id(),
             now=self._now(),
         )
-        return Handled([event], fate, event)

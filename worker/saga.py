@@ -43,6 +43,17 @@ class TriageRoute(StrEnum):
     """Create with A011, then send to the triage service with A016."""
 
 
+class PendingWrite(BaseModel):
+    """A state-changing e-RS call about to be sent: recorded first, so that after a crash
+    the saga knows the call may have had its effect and checks before going on."""
+
+    model_config = ConfigDict(frozen=True)
+
+    step: Step
+    endpoint: str
+    at: datetime
+
+
 class CallRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -91,11 +102,19 @@ class SagaState(BaseModel):
     contact_by: date | None = None
     letter: LetterInfo | None = None
     error: ErrorInfo | None = None
+    pending: PendingWrite | None = None
+    waiting: ErrorInfo | None = Field(
+        default=None, description="Paused on a transient fault; resumes from a delay queue."
+    )
     history: tuple[CallRecord, ...] = ()
 
     @property
     def finished(self) -> bool:
         return self.status is not None
+
+    @property
+    def running(self) -> bool:
+        return self.status is None and self.waiting is None
 
     @property
     def target(self) -> ShortlistedService:

@@ -1,7 +1,15 @@
-"""Drives a saga through its steps, and turns every saga error into its terminal outcome.
+"""Drives a saga through its steps, checkpointing it, and turns every error into what it
+means for the saga, in this one place:
 
-This is the one place that decides what an error means for the saga: re-authentication,
-failure (with whether a retry could help), or a bug that propagates to the consumer.
+- a token refused or expired: ``REAUTHENTICATION_NEEDED`` (resumable by a re-send);
+- a transient fault that in-process retries did not cure (5xx on reads, 503, 429, 423,
+  network): the saga *waits* (``state.waiting``) and the consumer sends the message to a
+  delay queue; it resumes from its checkpoint;
+- a stale referral version (409/412): re-read the referral (A005) and run the step again;
+- a state-changing call whose effect is unknown: mark it pending and reconcile (A005) before
+  going on, or end ``NEEDS_RECONCILIATION`` when e-RS cannot tell;
+- any other e-RS refusal or worker rule: ``FAILED`` with the code;
+- anything else (a bug): ``FAILED`` with ``INTERNAL_ERROR``, the state kept.
 """
 
 from __future__ import annotations
@@ -9,16 +17,37 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from schemas.events import ErrorInfo, OutcomeStatus, Step
-from worker.errors import ErsAuthError, ErsError, SagaError, TokenExpired
+from worker.errors import (
+    ErsAuthError,
+    ErsConflict,
+    ErsError,
+    ErsLocked,
+    ErsOutcomeUnknown,
+    ErsTransientError,
+    ErsUnexpected,
+    NeedsReconciliation,
+    SagaError,
+    TokenExpired,
+)
 from worker.ports import ErsCall
-from worker.privacy import redact
-from worker.saga import CallRecord, SagaState, finish, next_step, transition
-from worker.steps import STEPS, SagaContext
+from worker.privacy import redact, where
+from worker.saga import CallRecord, PendingWrite, SagaState, finish, next_step, transition
+from worker.steps import STEPS, SagaContext, reconcile, refresh_version
 
 Checkpoint = Callable[[SagaState], Awaitable[None]]
+MAX_VERSION_CONFLICTS = 3
 
 
 def error_info(step: Step, exc: SagaError) -> ErrorInfo:
+    if isinstance(exc, ErsUnexpected):
+        return ErrorInfo(
+            step=step,
+            code="UNEXPECTED_RESPONSE",
+            text=f"{exc.endpoint} answered {exc.status} {exc.code}, which the e-RS "
+            "specification does not list for it",
+            http_status=exc.status,
+            retryable=False,
+        )
     if isinstance(exc, ErsError):
         return ErrorInfo(
             step=step,
@@ -33,7 +62,13 @@ def error_info(step: Step, exc: SagaError) -> ErrorInfo:
 def status_for(exc: SagaError) -> OutcomeStatus:
     if isinstance(exc, ErsAuthError | TokenExpired):
         return OutcomeStatus.REAUTHENTICATION_NEEDED
+    if isinstance(exc, NeedsReconciliation):
+        return OutcomeStatus.NEEDS_RECONCILIATION
     return OutcomeStatus.FAILED
+
+
+async def _nothing(_: SagaState) -> None:
+    return None
 
 
 async def run_saga(
@@ -41,23 +76,65 @@ async def run_saga(
     ctx: SagaContext,
     *,
     drain_calls: Callable[[], list[ErsCall]] | None = None,
-    checkpoint: Checkpoint | None = None,
+    checkpoint: Checkpoint = _nothing,
 ) -> SagaState:
-    """Run from ``state.step`` until the saga is finished; returns the final state."""
-    while not state.finished:
+    """Run from ``state.step`` until the saga finishes or waits; returns that state."""
+    conflicts = 0
+    while state.running:
         step = state.step
         try:
-            state = await STEPS[step](state, ctx)
+            if state.pending is not None:
+                state, done = await reconcile(state, ctx)
+            else:
+                state, done = await STEPS[step](state, ctx), True
+            if done:
+                state = transition(state, next_step(state, ctx.request, ctx.options.triage_route))
+        except ErsConflict as exc:
+            conflicts += 1
+            if conflicts > MAX_VERSION_CONFLICTS:
+                state = finish(state, OutcomeStatus.FAILED, error_info(step, exc))
+            else:
+                state = await _guarded(refresh_version, state, ctx, step)
+        except ErsOutcomeUnknown as exc:
+            state = state.model_copy(
+                update={"pending": PendingWrite(step=step, endpoint=exc.endpoint, at=ctx.now())}
+            )
+        except (ErsTransientError, ErsLocked) as exc:
+            state = state.model_copy(update={"waiting": error_info(step, exc)})
         except SagaError as exc:
             state = finish(state, status_for(exc), error_info(step, exc))
+        except Exception as exc:
+            state = finish(state, OutcomeStatus.FAILED, internal_error(step, exc))
         finally:
             if drain_calls is not None:
                 state = _with_history(state, step, drain_calls())
-        if not state.finished:
-            state = transition(state, next_step(state, ctx.request, ctx.options.triage_route))
-        if checkpoint is not None:
-            await checkpoint(state)
+        await checkpoint(state)
     return state
+
+
+async def _guarded(
+    action: Callable[[SagaState, SagaContext], Awaitable[SagaState]],
+    state: SagaState,
+    ctx: SagaContext,
+    step: Step,
+) -> SagaState:
+    """Run a recovery action; if it fails too, the saga waits or ends as that error says."""
+    try:
+        return await action(state, ctx)
+    except (ErsTransientError, ErsLocked) as exc:
+        return state.model_copy(update={"waiting": error_info(step, exc)})
+    except SagaError as exc:
+        return finish(state, status_for(exc), error_info(step, exc))
+
+
+def internal_error(step: Step, exc: BaseException) -> ErrorInfo:
+    # Only the type and place: an unexpected error's message may quote patient data.
+    return ErrorInfo(
+        step=step,
+        code="INTERNAL_ERROR",
+        text=f"the worker failed unexpectedly ({type(exc).__name__} at {where(exc)})",
+        retryable=False,
+    )
 
 
 def _with_history(state: SagaState, step: Step, calls: list[ErsCall]) -> SagaState:

@@ -154,8 +154,59 @@ class Settings(BaseSettings):
         validation_alias=_env("REFERENCE_DATA_TTL_SECONDS"),
         description="How long A004 reference data is cached in the process.",
     )
+    saga_store: Literal["sqlite", "postgres"] = Field(
+        "sqlite",
+        validation_alias=_env("SAGA_STORE"),
+        description="sqlite: embedded, one replica; postgres: shared by several replicas.",
+    )
+    saga_store_path: Path = Field(
+        Path("var/sagas.db"),
+        validation_alias=_env("SAGA_STORE_PATH"),
+        description="The SQLite saga store file (SAGA_STORE=sqlite).",
+    )
+    postgres_dsn: SecretStr = Field(
+        SecretStr("postgresql://postgres@127.0.0.1:5432/test"),
+        validation_alias=_env("POSTGRES_DSN"),
+        description="The PostgreSQL saga store (SAGA_STORE=postgres).",
+    )
+    postgres_schema: str = Field(
+        "public",
+        validation_alias=_env("POSTGRES_SCHEMA"),
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Schema of the saga table in PostgreSQL.",
+    )
+    saga_lease_seconds: float = Field(
+        300.0,
+        gt=0,
+        validation_alias=_env("SAGA_LEASE_SECONDS"),
+        description="How long a replica owns a saga without checkpointing; a dead replica's "
+        "sagas are taken over after this.",
+    )
+    patient_key_secret: SecretStr = Field(
+        SecretStr("change-me-in-production"),
+        validation_alias=_env("PATIENT_KEY_SECRET"),
+        description="Key of the hash that stands for a patient in the saga store (same on "
+        "every replica).",
+    )
+    retry_delays_seconds: str = Field(
+        "10,60,600,3600",
+        validation_alias=_env("RETRY_DELAYS_SECONDS"),
+        pattern=r"^\d+(\.\d+)?(,\d+(\.\d+)?)*$",
+        description="Delay-queue tiers for sagas waiting out an e-RS fault (seconds; the last "
+        "tier repeats).",
+    )
+    retry_budget_seconds: float = Field(
+        14400.0,
+        gt=0,
+        validation_alias=_env("RETRY_BUDGET_SECONDS"),
+        description="How long after first receipt a request may keep waiting before it fails.",
+    )
     log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"), description="Log level.")
 
     @property
     def code_system_base_url(self) -> str:
         return self.ers_code_system_base_url or self.ers_base_url
+
+    @property
+    def retry_delays(self) -> tuple[float, ...]:
+        return tuple(float(d) for d in self.retry_delays_seconds.split(","))

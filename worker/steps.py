@@ -19,11 +19,12 @@ from schemas.referral_request import (
     ReferralRequestV1,
 )
 from worker import fhir_build as fb
-from worker.errors import BusinessRuleFailure, ErsOutcomeUnknown, ErsRejected, ErsTransientError
+from worker.errors import BusinessRuleFailure, ErsOutcomeUnknown, ErsRejected, NeedsReconciliation
 from worker.fhir_read import (
     AppointmentFacts,
     FoundService,
     FreeSlot,
+    ReferralFacts,
     appointment_facts,
     parse_instant,
     referral_facts,
@@ -57,10 +58,9 @@ class SagaContext:
 
 StepFn = Callable[[SagaState, SagaContext], Awaitable[SagaState]]
 
+_ALREADY_LINKED = frozenset({"DUPLICATE_FILENAME", "NO_CHANGES_DETECTED"})
 # e-RS refuses a booking with these when the slot went between A015 and A016.
 _SLOT_GONE = frozenset({"SLOT_NOT_AVAILABLE", "INAPPROPRIATE_SLOT"})
-# A016 answers 502 (PAS error) or 504 (PAS silent); e-RS says to defer to the provider then.
-_PAS_TROUBLE = frozenset({502, 504})
 
 
 async def reference_data(state: SagaState, ctx: SagaContext) -> SagaState:
@@ -175,7 +175,8 @@ async def create(state: SagaState, ctx: SagaContext) -> SagaState:
             status="proposed",
             reason="TRIAGE",
         )
-        update["contact_by"] = _contact_by(facts.appointment_created, state.triage_contact_days)
+        created = facts.appointment.created if facts.appointment else None
+        update["contact_by"] = _contact_by(created, state.triage_contact_days)
     return state.model_copy(update=update)
 
 
@@ -207,9 +208,17 @@ async def link_letter(state: SagaState, ctx: SagaContext) -> SagaState:
         fb.LetterFile(url, attachment.description, indexed)
         for url, attachment in zip(state.uploaded_urls, ctx.request.attachments, strict=True)
     ]
-    reply = await ctx.ers.maintain_referral_letter(
-        state.ubrn, state.referral_version, fb.maintain_referral_letter(files)
-    )
+    try:
+        reply = await ctx.ers.maintain_referral_letter(
+            state.ubrn, state.referral_version, fb.maintain_referral_letter(files)
+        )
+    except ErsRejected as exc:
+        # e-RS' own guard: the set is already linked (an earlier attempt worked).
+        if exc.code in _ALREADY_LINKED:
+            checked, linked = await check_letters(state, ctx)
+            if linked:
+                return checked
+        raise
     facts = referral_facts(reply.body, reply.etag)
     return state.model_copy(
         update={
@@ -253,15 +262,16 @@ async def _free_slots(state: SagaState, ctx: SagaContext) -> tuple[list[FreeSlot
 
 
 def _after_appointment(
-    state: SagaState, facts: AppointmentFacts, *, path: Path, slot: FreeSlot | None = None
+    state: SagaState, facts: AppointmentFacts, slot: FreeSlot | None = None
 ) -> SagaState:
+    """The saga once A016 has booked, deferred or triaged (read from its answer or A005)."""
     if facts.status == "booked":
-        referral_state, contact_by = "BOOKED", None
+        path, referral_state, contact_by = Path.DBS_BOOKED, "BOOKED", None
     elif facts.reason == "TRIAGE":
-        referral_state = "AWAITING_TRIAGE"
+        path, referral_state = Path.RAS_TRIAGE, "AWAITING_TRIAGE"
         contact_by = _contact_by(facts.created, state.triage_contact_days)
     else:
-        referral_state = "DEFERRED_TO_PROVIDER"
+        path, referral_state = Path.DBS_DEFERRED, "DEFERRED_TO_PROVIDER"
         contact_by = _contact_by(facts.created, state.defer_contact_days)
     appointment = AppointmentInfo(
         appointment_id=facts.appointment_id,
@@ -301,7 +311,7 @@ def _appointment_args(state: SagaState, ctx: SagaContext) -> dict[str, str]:
 async def _defer(state: SagaState, ctx: SagaContext, reason: str) -> SagaState:
     body = fb.defer_appointment(**_appointment_args(state, ctx), reason=reason)
     reply = await ctx.ers.book_or_defer(body)
-    return _after_appointment(state, appointment_facts(reply.body), path=Path.DBS_DEFERRED)
+    return _after_appointment(state, appointment_facts(reply.body))
 
 
 async def _book_earliest(state: SagaState, ctx: SagaContext) -> SagaState:
@@ -323,13 +333,14 @@ async def _book_earliest(state: SagaState, ctx: SagaContext) -> SagaState:
             if exc.code in _SLOT_GONE:
                 continue
             raise
-        except (ErsTransientError, ErsOutcomeUnknown) as exc:
-            if isinstance(exc, ErsOutcomeUnknown) or exc.status in _PAS_TROUBLE:
-                return await _defer(state, ctx, "BOOKING_ATTEMPT_PROBLEM")
-            raise
-        return _after_appointment(
-            state, appointment_facts(reply.body), path=Path.DBS_BOOKED, slot=slot
-        )
+        except ErsOutcomeUnknown:
+            # PAS erred or was silent (502/504/timeout). The booking may have been made after
+            # all: look before deferring, as e-RS asks us to defer only when it was not.
+            checked, booked = await check_booking(state, ctx)
+            if booked:
+                return checked
+            return await _defer(checked, ctx, "BOOKING_ATTEMPT_PROBLEM")
+        return _after_appointment(state, appointment_facts(reply.body), slot=slot)
     return await _defer(state, ctx, "SLOT_NOT_AVAILABLE")
 
 
@@ -337,7 +348,7 @@ async def book_or_defer(state: SagaState, ctx: SagaContext) -> SagaState:
     if state.path is Path.RAS_TRIAGE:
         body = fb.send_for_triage(**_appointment_args(state, ctx))
         reply = await ctx.ers.book_or_defer(body)
-        return _after_appointment(state, appointment_facts(reply.body), path=Path.RAS_TRIAGE)
+        return _after_appointment(state, appointment_facts(reply.body))
     if state.path is Path.DBS_DEFERRED:
         return await _defer(state, ctx, "NO_SLOTS_AT_SERVICE")
     return await _book_earliest(state, ctx)
@@ -353,6 +364,68 @@ async def patient_letter(state: SagaState, ctx: SagaContext) -> SagaState:
         content=reply.content,
     )
     return state.model_copy(update={"letter": letter})
+
+
+async def _reread(state: SagaState, ctx: SagaContext) -> tuple[SagaState, ReferralFacts]:
+    """A005: the referral as e-RS has it now, with its current version."""
+    assert state.ubrn is not None
+    reply = await ctx.ers.retrieve_referral(state.ubrn)
+    facts = referral_facts(reply.body, reply.etag)
+    return (
+        state.model_copy(
+            update={
+                "referral_version": facts.version,
+                "referral_state": facts.state or state.referral_state,
+            }
+        ),
+        facts,
+    )
+
+
+async def refresh_version(state: SagaState, ctx: SagaContext) -> SagaState:
+    """After a 409/412 on If-Match: take e-RS' current version and try the step again."""
+    refreshed, _ = await _reread(state, ctx)
+    return refreshed
+
+
+async def check_letters(state: SagaState, ctx: SagaContext) -> tuple[SagaState, bool]:
+    """Whether every file we uploaded is already linked to the referral (A005)."""
+    refreshed, facts = await _reread(state, ctx)
+    if set(state.uploaded_urls) <= set(facts.attachment_urls):
+        return refreshed.model_copy(update={"attachments_linked": len(state.uploaded_urls)}), True
+    return refreshed, False
+
+
+async def check_booking(state: SagaState, ctx: SagaContext) -> tuple[SagaState, bool]:
+    """Whether the referral was already booked, deferred or sent for triage (A005)."""
+    refreshed, facts = await _reread(state, ctx)
+    if facts.state in _ARRANGED and facts.appointment is not None:
+        return _after_appointment(refreshed, facts.appointment), True
+    return refreshed, False
+
+
+_ARRANGED = frozenset({"BOOKED", "DEFERRED_TO_PROVIDER", "AWAITING_TRIAGE"})
+# Effects e-RS gives no way to look up: a second call could refer twice, so a person decides.
+_UNCHECKABLE = frozenset({"A011", "A021", "A020"})
+
+
+async def reconcile(state: SagaState, ctx: SagaContext) -> tuple[SagaState, bool]:
+    """A state-changing call went out and its effect is unknown: look before going on.
+
+    Returns the state and whether the pending call's effect is there (the step is done);
+    when it is not, the step runs again. Raises NeedsReconciliation when e-RS cannot tell.
+    """
+    pending = state.pending
+    assert pending is not None
+    if pending.endpoint in _UNCHECKABLE or state.ubrn is None:
+        raise NeedsReconciliation(
+            f"{pending.endpoint} was sent in step {pending.step.value} and its effect is "
+            "unknown; it is not repeated, as that could refer or upload twice"
+        )
+    cleared = state.model_copy(update={"pending": None})
+    if pending.endpoint == "A012":
+        return await check_letters(cleared, ctx)
+    return await check_booking(cleared, ctx)
 
 
 STEPS: dict[Step, StepFn] = {

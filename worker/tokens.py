@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, Protocol
 
 from pydantic import SecretStr
@@ -39,17 +40,31 @@ def _as_text(value: Any) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
+_UNREADABLE = datetime.min.replace(tzinfo=UTC)
+
+
 def _expiry(value: Any) -> datetime | None:
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+    """The token's expiry from the header: ISO 8601, epoch seconds, or an AMQP timestamp.
+
+    An expiry that is present but unreadable counts as expired: it must never make a token
+    look valid for ever.
+    """
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    if isinstance(value, int | float | Decimal) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(float(value), UTC)
+        except (OverflowError, OSError, ValueError):
+            return _UNREADABLE  # e.g. epoch milliseconds
     text = _as_text(value)
     if text is None:
-        return None
+        return _UNREADABLE
     try:
         parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        # An unreadable expiry must not make a token look valid for ever.
-        return datetime.min.replace(tzinfo=UTC)
+        return _UNREADABLE
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 

@@ -1,10 +1,14 @@
 """The RabbitMQ topology the worker declares, named from one prefix.
 
     upstream ─► <p>.requests (direct) ─referral.request─► <p>.requests (quorum queue)
-                                                              │ parked / delivery limit
-    worker ─► <p>.events (topic): referral.outcome.<status>   ▼
-                                  referral.letter_ready   <p>.dlx (fanout) ─► <p>.dead-letters
+                     ▲                                        │ parked / delivery limit
+                     │ TTL expired                            ▼
+    worker ─► <p>.delay.<n>s (quorum, TTL n s)   <p>.dlx (fanout) ─► <p>.dead-letters
+    worker ─► <p>.events (topic): referral.outcome.<status>, referral.letter_ready
     worker ─► default exchange ─► the request's reply_to queue
+
+Dead-lettering is at-least-once (RabbitMQ 3.10+), so a message moving between these queues
+is never dropped on the way.
 
 ``deploy/rabbitmq/definitions.json`` holds the same topology for ``rabbitmqctl
 import_definitions``; declaring with the same arguments is idempotent.
@@ -47,16 +51,84 @@ class Names:
     def dead_letter_queue(self) -> str:
         return f"{self.prefix}.dead-letters"
 
+    def delay_queue(self, seconds: float) -> str:
+        return f"{self.prefix}.delay.{seconds:g}s"
+
+
+_AT_LEAST_ONCE = {"x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}
+
 
 def requests_queue_arguments(names: Names, delivery_limit: int) -> dict[str, Any]:
     return {
         "x-queue-type": "quorum",
         "x-dead-letter-exchange": names.dead_letter_exchange,
         "x-delivery-limit": delivery_limit,
+        **_AT_LEAST_ONCE,
+    }
+
+
+def delay_queue_arguments(names: Names, seconds: float) -> dict[str, Any]:
+    return {
+        "x-queue-type": "quorum",
+        "x-message-ttl": int(seconds * 1000),
+        "x-dead-letter-exchange": names.requests_exchange,
+        "x-dead-letter-routing-key": REQUEST_ROUTING_KEY,
+        **_AT_LEAST_ONCE,
     }
 
 
 DEAD_LETTER_QUEUE_ARGUMENTS: dict[str, Any] = {"x-queue-type": "quorum"}
+
+
+def definitions(names: Names, *, delivery_limit: int, delays: tuple[float, ...]) -> dict[str, Any]:
+    """The same topology as ``declare``, for ``rabbitmqctl import_definitions``."""
+
+    def exchange(name: str, kind: str) -> dict[str, Any]:
+        return {
+            "name": name,
+            "vhost": "/",
+            "type": kind,
+            "durable": True,
+            "auto_delete": False,
+            "internal": False,
+            "arguments": {},
+        }
+
+    def queue(name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "vhost": "/",
+            "durable": True,
+            "auto_delete": False,
+            "arguments": arguments,
+        }
+
+    def binding(source: str, queue_name: str, key: str) -> dict[str, Any]:
+        return {
+            "source": source,
+            "vhost": "/",
+            "destination": queue_name,
+            "destination_type": "queue",
+            "routing_key": key,
+            "arguments": {},
+        }
+
+    return {
+        "exchanges": [
+            exchange(names.requests_exchange, "direct"),
+            exchange(names.events_exchange, "topic"),
+            exchange(names.dead_letter_exchange, "fanout"),
+        ],
+        "queues": [
+            queue(names.requests_queue, requests_queue_arguments(names, delivery_limit)),
+            queue(names.dead_letter_queue, DEAD_LETTER_QUEUE_ARGUMENTS),
+            *(queue(names.delay_queue(d), delay_queue_arguments(names, d)) for d in delays),
+        ],
+        "bindings": [
+            binding(names.requests_exchange, names.requests_queue, REQUEST_ROUTING_KEY),
+            binding(names.dead_letter_exchange, names.dead_letter_queue, ""),
+        ],
+    }
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +140,9 @@ class Topology:
     default: AbstractExchange
 
 
-async def declare(channel: AbstractChannel, names: Names, *, delivery_limit: int) -> Topology:
+async def declare(
+    channel: AbstractChannel, names: Names, *, delivery_limit: int, delays: tuple[float, ...]
+) -> Topology:
     dlx = await channel.declare_exchange(
         names.dead_letter_exchange, aio_pika.ExchangeType.FANOUT, durable=True
     )
@@ -85,6 +159,12 @@ async def declare(channel: AbstractChannel, names: Names, *, delivery_limit: int
         arguments=requests_queue_arguments(names, delivery_limit),
     )
     await requests.bind(requests_exchange, routing_key=REQUEST_ROUTING_KEY)
+    for seconds in delays:
+        await channel.declare_queue(
+            names.delay_queue(seconds),
+            durable=True,
+            arguments=delay_queue_arguments(names, seconds),
+        )
     events = await channel.declare_exchange(
         names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )

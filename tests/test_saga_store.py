@@ -1,0 +1,126 @@
+"""Both saga-store backends against their real engines: SQLite (WAL) and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from schemas.events import ErrorInfo, OutcomeStatus, Step
+from worker.saga import SagaState, finish, new_saga
+from worker.saga_store import ClaimKind, LeaseLost, SagaStore, is_final, patient_key
+from worker.store_postgres import PostgresSagaStore
+from worker.store_sqlite import SqliteSagaStore
+
+POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
+LEASE = 30.0
+ALICE = patient_key("9912003888", b"k")
+BOB = patient_key("9434765919", b"k")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[SagaStore]:
+    if request.param == "sqlite":
+        sqlite = await SqliteSagaStore.open(tmp_path / "sagas.db")
+        yield sqlite
+        await sqlite.close()
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    try:
+        postgres = await PostgresSagaStore.open(POSTGRES_DSN, schema=schema)
+    except OSError as exc:
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_DSN}: {exc}", pytrace=False)
+    yield postgres
+    await postgres.close()
+    conn = await asyncpg.connect(POSTGRES_DSN)
+    await conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    await conn.close()
+
+
+def saga(request_id: str = "req-1") -> SagaState:
+    return new_saga(request_id, "corr-1")
+
+
+async def test_claim_starts_then_resumes_for_the_same_owner(store: SagaStore) -> None:
+    first = await store.claim(saga(), ALICE, "a", LEASE, now=100.0)
+    assert first.kind is ClaimKind.STARTED
+    moved = saga().model_copy(update={"step": Step.CREATE, "ubrn": "000000100000"})
+    await store.checkpoint(moved, "a", LEASE, now=101.0)
+    await store.release(moved, "a", now=102.0)
+    again = await store.claim(saga(), ALICE, "b", LEASE, now=103.0)
+    assert again.kind is ClaimKind.RESUMED
+    assert again.state == moved
+    stored = await store.load("req-1")
+    assert stored is not None and stored.owner == "b" and stored.claims == 2
+
+
+async def test_a_leased_saga_is_busy_for_others_until_the_lease_runs_out(
+    store: SagaStore,
+) -> None:
+    await store.claim(saga(), ALICE, "a", LEASE, now=100.0)
+    busy = await store.claim(saga(), ALICE, "b", LEASE, now=100.0 + LEASE - 1)
+    assert busy.kind is ClaimKind.BUSY_REQUEST
+    taken = await store.claim(saga(), ALICE, "b", LEASE, now=100.0 + LEASE + 1)
+    assert taken.kind is ClaimKind.RESUMED
+    with pytest.raises(LeaseLost):
+        await store.checkpoint(saga(), "a", LEASE, now=200.0)
+
+
+async def test_one_saga_per_patient_at_a_time(store: SagaStore) -> None:
+    await store.claim(saga("req-1"), ALICE, "a", LEASE, now=100.0)
+    assert (await store.claim(saga("req-2"), ALICE, "b", LEASE, now=101.0)).kind is (
+        ClaimKind.BUSY_PATIENT
+    )
+    assert (await store.claim(saga("req-3"), BOB, "b", LEASE, now=101.0)).kind is (
+        ClaimKind.STARTED
+    )
+    await store.release(saga("req-1"), "a", now=102.0)
+    assert (await store.claim(saga("req-2"), ALICE, "b", LEASE, now=103.0)).kind is (
+        ClaimKind.STARTED
+    )
+
+
+async def test_a_finished_saga_returns_its_outcome(store: SagaStore) -> None:
+    await store.claim(saga(), ALICE, "a", LEASE, now=100.0)
+    done = saga().model_copy(update={"step": Step.DONE, "status": OutcomeStatus.COMPLETED})
+    await store.finish(done, b'{"outcome": 1}', "a", final=is_final(done), now=101.0)
+    again = await store.claim(saga(), ALICE, "b", LEASE, now=102.0)
+    assert again.kind is ClaimKind.FINISHED
+    assert again.outcome == b'{"outcome": 1}'
+    assert again.state == done
+
+
+async def test_reauthentication_is_not_final(store: SagaStore) -> None:
+    await store.claim(saga(), ALICE, "a", LEASE, now=100.0)
+    paused = finish(
+        saga().model_copy(update={"step": Step.UPLOAD}),
+        OutcomeStatus.REAUTHENTICATION_NEEDED,
+        ErrorInfo(step=Step.UPLOAD, code="NO_ACCESS", text="", retryable=True),
+    )
+    await store.finish(paused, b"{}", "a", final=is_final(paused), now=101.0)
+    again = await store.claim(saga(), ALICE, "b", LEASE, now=102.0)
+    assert again.kind is ClaimKind.RESUMED
+    assert again.state is not None and again.state.step is Step.UPLOAD
+
+
+async def test_concurrent_claims_of_one_request_give_it_to_one_owner(store: SagaStore) -> None:
+    claims = await asyncio.gather(
+        *(store.claim(saga(), ALICE, f"owner-{i}", LEASE, now=100.0) for i in range(10))
+    )
+    kinds = sorted(c.kind.value for c in claims)
+    assert kinds.count(ClaimKind.STARTED.value) == 1
+    assert kinds.count(ClaimKind.BUSY_REQUEST.value) == 9
+
+
+async def test_release_all_leases_frees_every_saga(store: SagaStore) -> None:
+    await store.claim(saga("req-1"), ALICE, "dead", LEASE, now=100.0)
+    await store.claim(saga("req-2"), BOB, "dead", LEASE, now=100.0)
+    assert await store.release_all_leases() == 2
+    assert (await store.claim(saga("req-1"), ALICE, "new", LEASE, now=101.0)).kind is (
+        ClaimKind.RESUMED
+    )

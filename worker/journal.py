@@ -1,0 +1,43 @@
+"""Checkpoints one running saga in the store, under this replica's lease.
+
+The runner checkpoints after every step; the e-RS session calls ``before_write`` before
+every state-changing call, so a crash between a call and its record leaves the call marked
+pending, and the saga checks e-RS before going on when it resumes.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from datetime import datetime
+
+from worker.saga import PendingWrite, SagaState
+from worker.saga_store import SagaStore
+
+
+class Journal:
+    def __init__(
+        self,
+        store: SagaStore,
+        state: SagaState,
+        *,
+        owner: str,
+        lease_seconds: float,
+        now: Callable[[], datetime],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.current = state
+        self._store = store
+        self._owner = owner
+        self._lease = lease_seconds
+        self._now = now
+        self._clock = clock
+
+    async def checkpoint(self, state: SagaState) -> None:
+        await self._store.checkpoint(state, self._owner, self._lease, self._clock())
+        self.current = state
+
+    async def before_write(self, endpoint: str) -> None:
+        pending = PendingWrite(step=self.current.step, endpoint=endpoint, at=self._now())
+        marked = self.current.model_copy(update={"pending": pending})
+        await self._store.checkpoint(marked, self._owner, self._lease, self._clock())

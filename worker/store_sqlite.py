@@ -1,0 +1,193 @@
+"""The embedded saga store: SQLite in WAL mode, for a single worker replica.
+
+aiosqlite runs the sqlite3 calls on a thread of its own, so the event loop never blocks on
+disk. ``BEGIN IMMEDIATE`` makes each claim a serialised write transaction, which is what
+keeps two claims for one request or one patient apart (also against another process on the
+same file). Within the process, one connection is shared, so every statement runs under one
+lock: a checkpoint must never slip into another task's open claim transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from worker.saga import SagaState
+from worker.saga_store import Claim, ClaimKind, LeaseLost, StoredSaga
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ers_sagas (
+    request_id   TEXT PRIMARY KEY,
+    state        TEXT NOT NULL,
+    step         TEXT NOT NULL,
+    status       TEXT,
+    final        INTEGER NOT NULL DEFAULT 0,
+    outcome      BLOB,
+    patient_key  TEXT,
+    owner        TEXT,
+    lease_until  REAL,
+    claims       INTEGER NOT NULL DEFAULT 0,
+    created_at   REAL NOT NULL,
+    updated_at   REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ers_sagas_patient ON ers_sagas (patient_key)
+    WHERE patient_key IS NOT NULL;
+"""
+
+_SELECT = (
+    "SELECT request_id, state, final, outcome, owner, lease_until, claims, created_at, "
+    "updated_at FROM ers_sagas WHERE request_id = ?"
+)
+
+
+def _stored(row: Any) -> StoredSaga:
+    return StoredSaga(
+        request_id=row[0],
+        state=SagaState.model_validate_json(row[1]),
+        final=bool(row[2]),
+        outcome=row[3],
+        owner=row[4],
+        lease_until=row[5],
+        claims=row[6],
+        created_at=row[7],
+        updated_at=row[8],
+    )
+
+
+class SqliteSagaStore:
+    def __init__(self, connection: aiosqlite.Connection) -> None:
+        self._db = connection
+        self._lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path) -> SqliteSagaStore:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")  # a checkpoint must survive power loss
+        await db.execute("PRAGMA busy_timeout=5000")
+        await db.executescript(SCHEMA)
+        return cls(db)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    async def claim(
+        self, initial: SagaState, patient_key: str, owner: str, lease_seconds: float, now: float
+    ) -> Claim:
+        db = self._db
+        async with self._lock:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                claim = await self._claim(initial, patient_key, owner, lease_seconds, now)
+            except BaseException:
+                await db.execute("ROLLBACK")
+                raise
+            await db.execute("COMMIT")
+        return claim
+
+    async def _claim(
+        self, initial: SagaState, patient_key: str, owner: str, lease_seconds: float, now: float
+    ) -> Claim:
+        db = self._db
+        request_id = initial.request_id
+        async with db.execute(_SELECT, (request_id,)) as cursor:
+            row = await cursor.fetchone()
+        stored = _stored(row) if row else None
+        if stored and stored.final:
+            return Claim(ClaimKind.FINISHED, stored.state, stored.outcome)
+        if stored and stored.owner not in (None, owner) and (stored.lease_until or 0) > now:
+            return Claim(ClaimKind.BUSY_REQUEST, stored.state)
+        async with db.execute(
+            "SELECT 1 FROM ers_sagas WHERE patient_key = ? AND request_id <> ? "
+            "AND owner IS NOT NULL AND lease_until > ? LIMIT 1",
+            (patient_key, request_id, now),
+        ) as cursor:
+            if await cursor.fetchone():
+                return Claim(ClaimKind.BUSY_PATIENT, stored.state if stored else None)
+        lease_until = now + lease_seconds
+        if stored:
+            await db.execute(
+                "UPDATE ers_sagas SET owner = ?, lease_until = ?, patient_key = ?, "
+                "claims = claims + 1, updated_at = ? WHERE request_id = ?",
+                (owner, lease_until, patient_key, now, request_id),
+            )
+            return Claim(ClaimKind.RESUMED, stored.state)
+        await db.execute(
+            "INSERT INTO ers_sagas (request_id, state, step, patient_key, owner, lease_until, "
+            "claims, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
+            (
+                request_id,
+                initial.model_dump_json(),
+                initial.step.value,
+                patient_key,
+                owner,
+                lease_until,
+                now,
+                now,
+            ),
+        )
+        return Claim(ClaimKind.STARTED, initial)
+
+    async def _update(self, sql: str, params: tuple[Any, ...]) -> None:
+        async with self._lock:
+            cursor = await self._db.execute(sql, params)
+        if cursor.rowcount != 1:
+            raise LeaseLost("the saga's lease is held by another owner")
+
+    async def checkpoint(
+        self, state: SagaState, owner: str, lease_seconds: float, now: float
+    ) -> None:
+        await self._update(
+            "UPDATE ers_sagas SET state = ?, step = ?, lease_until = ?, updated_at = ? "
+            "WHERE request_id = ? AND owner = ?",
+            (
+                state.model_dump_json(),
+                state.step.value,
+                now + lease_seconds,
+                now,
+                state.request_id,
+                owner,
+            ),
+        )
+
+    async def finish(
+        self, state: SagaState, outcome: bytes, owner: str, *, final: bool, now: float
+    ) -> None:
+        await self._update(
+            "UPDATE ers_sagas SET state = ?, step = ?, status = ?, final = ?, outcome = ?, "
+            "owner = NULL, lease_until = NULL, patient_key = NULL, updated_at = ? "
+            "WHERE request_id = ? AND owner = ?",
+            (
+                state.model_dump_json(),
+                state.step.value,
+                state.status.value if state.status else None,
+                int(final),
+                outcome,
+                now,
+                state.request_id,
+                owner,
+            ),
+        )
+
+    async def release(self, state: SagaState, owner: str, now: float) -> None:
+        await self._update(
+            "UPDATE ers_sagas SET state = ?, step = ?, owner = NULL, lease_until = NULL, "
+            "patient_key = NULL, updated_at = ? WHERE request_id = ? AND owner = ?",
+            (state.model_dump_json(), state.step.value, now, state.request_id, owner),
+        )
+
+    async def release_all_leases(self) -> int:
+        async with self._lock:
+            cursor = await self._db.execute(
+                "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL"
+            )
+        return cursor.rowcount
+
+    async def load(self, request_id: str) -> StoredSaga | None:
+        async with self._lock, self._db.execute(_SELECT, (request_id,)) as cursor:
+            row = await cursor.fetchone()
+        return _stored(row) if row else None
