@@ -1,0 +1,75 @@
+"""Upstream re-sends of one request id never refer twice; same-patient requests take turns."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.harness import Harness, sample
+
+
+async def test_resend_after_it_finished_returns_the_same_outcome(harness: Harness) -> None:
+    request = sample("01-dbs-booked.json")
+    first = await harness.publish(request)
+    original = await harness.outcome(first)
+    again = await harness.publish(request)
+    replayed = await harness.outcome(again)
+    await harness.settle()
+
+    assert replayed == original  # the stored event itself, event_id included
+    referrals = [
+        r
+        for r in await harness.sandbox.referrals()
+        if r["nhs_number"] == request["patient"]["nhs_number"]
+    ]
+    assert len(referrals) == 1
+    assert len(harness.letters(first)) == 1
+    assert harness.letters(again) == []
+
+
+async def test_resends_while_in_flight_make_one_referral(harness: Harness) -> None:
+    # A slow e-RS keeps the first delivery in flight while the copies arrive.
+    await harness.sandbox.add_fault(endpoint="A010", status=None, times=1, delay_seconds=1.0)
+    request = sample("03-ibs-shortlisted.json")
+    cids = [await harness.publish(request) for _ in range(4)]
+    await harness.wait_until(lambda: all(harness.outcomes(c) for c in cids), timeout=60)
+    await harness.settle()
+
+    events = [harness.outcomes(c)[0] for c in cids]
+    assert {e["event_id"] for e in events} == {events[0]["event_id"]}
+    assert events[0]["status"] == "COMPLETED"
+    calls = [c["endpoint"] for c in await harness.sandbox.requests()]
+    assert calls.count("A011") == 1
+    nhs_number = request["patient"]["nhs_number"]
+    referrals = [r for r in await harness.sandbox.referrals() if r["nhs_number"] == nhs_number]
+    assert len(referrals) == 1
+
+
+@pytest.mark.worker_settings(concurrency=8)
+async def test_requests_for_one_patient_take_turns_others_do_not_wait(
+    harness: Harness,
+) -> None:
+    await harness.sandbox.add_fault(endpoint="A010", status=None, times=2, delay_seconds=0.5)
+    same_patient = [sample("03-ibs-shortlisted.json") for _ in range(2)]
+    other = sample("05-shortlist-only.json")
+    cids = [await harness.publish(r) for r in (*same_patient, other)]
+    await harness.wait_until(lambda: all(harness.outcomes(c) for c in cids), timeout=60)
+    await harness.settle()
+
+    calls = await harness.sandbox.requests()
+    by_cid: dict[str, list[str]] = {}
+    for call in calls:
+        by_cid.setdefault(call["correlation_id"], []).append(call["endpoint"])
+    # The second request for the patient starts (A004/A010) only after the first finished.
+    order = [c["correlation_id"] for c in calls]
+    first, second = cids[0], cids[1]
+    if order.index(second) < order.index(first):
+        first, second = second, first
+    last_of_first = max(i for i, c in enumerate(order) if c == first)
+    first_of_second = min(i for i, c in enumerate(order) if c == second)
+    assert last_of_first < first_of_second
+    # The other patient's request ran alongside.
+    first_of_other = min(i for i, c in enumerate(order) if c == cids[2])
+    assert first_of_other < last_of_first
+    assert all(harness.outcomes(c)[0]["status"] == "COMPLETED" for c in cids)
