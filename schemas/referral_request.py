@@ -28,6 +28,7 @@ from pydantic import (
     PlainSerializer,
     StringConstraints,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
 
@@ -183,11 +184,12 @@ class ExplicitShortlist(_Strict):
     mode: Literal["explicit"]
     service_ids: Annotated[list[ServiceId], Field(min_length=1, max_length=MAX_SHORTLIST)]
 
-    @model_validator(mode="after")
-    def _unique(self) -> ExplicitShortlist:
-        if len(set(self.service_ids)) != len(self.service_ids):
+    @field_validator("service_ids")
+    @classmethod
+    def _unique(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
             raise ValueError("service_ids must not repeat a service")
-        return self
+        return value
 
 
 class AutomaticShortlist(_Strict):
@@ -232,29 +234,38 @@ class ReferralDetails(_Strict):
     first_reminder_letter_follow_up_days: Annotated[int, Field(ge=0, le=365)] = 0
     intention_to_add_referral_letter: bool = True
 
-    @model_validator(mode="after")
-    def _pathway_start_window(self) -> ReferralDetails:
-        if self.pathway_start is not None:
+    @field_validator("pathway_start")
+    @classmethod
+    def _pathway_start_window(cls, value: datetime | None) -> datetime | None:
+        if value is not None:
             now = datetime.now(UTC)
-            if self.pathway_start > now:
+            if value > now:
                 raise ValueError("pathway_start must be in the past")
-            if now - self.pathway_start > PATHWAY_START_MAX_AGE:
+            if now - value > PATHWAY_START_MAX_AGE:
                 raise ValueError("pathway_start must be at most 365 days ago")
-        return self
+        return value
 
 
 class Attachment(_Strict):
-    file_name: Annotated[str, StringConstraints(pattern=r"^[^/\\\x00-\x1f]{1,200}$")]
+    # Sent in the NHSD-eRS-File-Name header, so printable ASCII only.
+    file_name: Annotated[str, StringConstraints(pattern=r"^[ -.0-\[\]-~]{1,200}$")]
     media_type: str
     description: Annotated[str, StringConstraints(min_length=1, max_length=1000)]
     content: AttachmentBytes
 
-    @model_validator(mode="after")
-    def _type_allowed(self) -> Attachment:
-        extensions = ALLOWED_ATTACHMENT_TYPES.get(self.media_type)
-        if extensions is None:
+    @field_validator("media_type")
+    @classmethod
+    def _type_allowed(cls, value: str) -> str:
+        if value not in ALLOWED_ATTACHMENT_TYPES:
             raise ValueError("media_type is not a file type e-RS accepts")
-        if PurePosixPath(self.file_name).suffix.lower() not in extensions:
+        return value
+
+    @model_validator(mode="after")
+    def _extension_matches(self) -> Attachment:
+        if (
+            PurePosixPath(self.file_name).suffix.lower()
+            not in ALLOWED_ATTACHMENT_TYPES[self.media_type]
+        ):
             raise ValueError("file_name extension does not match media_type")
         return self
 
@@ -278,11 +289,16 @@ class ReferralRequestV1(_Strict):
     attachments: Annotated[list[Attachment], Field(max_length=MAX_ATTACHMENTS)] = []
     generate_patient_letter: bool = True
 
-    @model_validator(mode="after")
-    def _consistent(self) -> ReferralRequestV1:
-        names = [a.file_name.lower() for a in self.attachments]
+    @field_validator("attachments")
+    @classmethod
+    def _distinct_names(cls, value: list[Attachment]) -> list[Attachment]:
+        names = [a.file_name.lower() for a in value]
         if len(set(names)) != len(names):
             raise ValueError("attachments must have distinct file names")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ReferralRequestV1:
         shortlist_size = (
             len(self.shortlist.service_ids)
             if isinstance(self.shortlist, ExplicitShortlist)

@@ -10,7 +10,9 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aio_pika
 import pytest
@@ -24,6 +26,40 @@ from worker.settings import Settings
 from worker.topology import Names
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+
+
+@dataclass
+class ReliabilityFigures:
+    """What the fault-injection tests did and found, summed over the session."""
+
+    requests: int = 0
+    kills: int = 0
+    restarts: int = 0
+    connection_drops: int = 0
+    duplicates: int = 0
+    lost: int = 0
+    retries: int = 0
+    delayed: int = 0
+
+    def line(self) -> str:
+        return (
+            f"reliability: {self.requests} requests, {self.kills} kills, {self.restarts} "
+            f"restarts, {self.connection_drops} connection drops, {self.retries} e-RS retries, "
+            f"{self.delayed} delay-queue trips, {self.duplicates} duplicates, {self.lost} lost"
+        )
+
+
+FIGURES = ReliabilityFigures()
+
+
+@pytest.fixture(scope="session")
+def reliability() -> ReliabilityFigures:
+    return FIGURES
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if FIGURES.requests:
+        terminalreporter.write_line(FIGURES.line())
 
 
 @pytest.fixture(scope="session")

@@ -85,7 +85,7 @@ def test_every_field_at_fault_is_named() -> None:
             lambda d: d["attachments"][0].update(
                 media_type="application/x-msdownload", file_name="a.exe"
             ),
-            "attachments.0",
+            "attachments.0.media_type",
             "file type e-RS accepts",
         ),
         (
@@ -107,26 +107,26 @@ def test_every_field_at_fault_is_named() -> None:
         ),
         (
             lambda d: d["shortlist"].update(service_ids=[str(i) for i in range(21)]),
-            "shortlist.explicit.service_ids",
+            "shortlist.service_ids",
             "at most 20",
         ),
         (
             lambda d: d["shortlist"].update(service_ids=["11002", "11002"]),
-            "shortlist.explicit",
+            "shortlist.service_ids",
             "must not repeat",
         ),
         (
             lambda d: d["referral"].update(
                 pathway_start=(datetime.now(UTC) + timedelta(days=1)).isoformat()
             ),
-            "referral",
+            "referral.pathway_start",
             "in the past",
         ),
         (
             lambda d: d["referral"].update(
                 pathway_start=(datetime.now(UTC) - timedelta(days=366)).isoformat()
             ),
-            "referral",
+            "referral.pathway_start",
             "365 days",
         ),
         (

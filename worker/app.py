@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import httpx
 
 from worker.ers_client import ErsClient, RetryPolicy
+from worker.failpoints import Failpoints
 from worker.fhir_build import specialty_system
 from worker.letter_store import FileLetterStore
 from worker.pipeline import Durability, RequestHandler
@@ -78,6 +79,7 @@ async def request_handler(settings: Settings) -> AsyncIterator[RequestHandler]:
 
 @asynccontextmanager
 async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[RequestHandler]:
+    failpoints = Failpoints.from_env()  # test-only crash points; none unless ERS_FAILPOINTS
     async with build_http_client(settings) as http:
         ers = ErsClient(
             http,
@@ -89,6 +91,7 @@ async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[Reques
                 max_wait=settings.ers_retry_max_seconds,
             ),
             booking_timeout_seconds=settings.ers_booking_timeout_seconds,
+            failpoints=failpoints,
         )
         yield RequestHandler(
             ers=ers,
@@ -109,6 +112,7 @@ async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[Reques
                 patient_key_secret=settings.patient_key_secret.get_secret_value().encode(),
                 retry_delays=settings.retry_delays,
                 retry_budget_seconds=settings.retry_budget_seconds,
+                failpoints=failpoints,
             ),
         )
 

@@ -31,6 +31,7 @@ from tenacity import (
 from schemas.referral_request import ActingUser
 from worker.errors import ErsRateLimited, ErsTransientError, ErsUnexpected, TokenExpired
 from worker.ers_classify import Endpoint, classify_status, classify_transport
+from worker.failpoints import NONE, Failpoints
 from worker.ports import ErsCall, ErsReply
 from worker.tokens import AccessToken
 
@@ -55,7 +56,9 @@ class ErsClient:
         rate_limit_per_second: float,
         retry: RetryPolicy,
         booking_timeout_seconds: float,
+        failpoints: Failpoints = NONE,
     ) -> None:
+        self.failpoints = failpoints
         self._http = http
         self._base = base_url.rstrip("/")
         self._limiter = AsyncLimiter(rate_limit_per_second, 1.0)
@@ -148,6 +151,7 @@ class ErsSession:
     ) -> ErsReply:
         if endpoint.changes_state and self._before_write is not None:
             await self._before_write(endpoint.value)
+            self._client.failpoints.hit(f"before_send:{endpoint.value}")
         retrying = self._client.retrying.copy()
         body = orjson.dumps(json) if json is not None else content
         all_headers = {**self._headers, **(headers or {})}
@@ -190,6 +194,7 @@ class ErsSession:
                 error = classify_transport(endpoint, exc)
                 self._record(endpoint, None, at, started, None, error.code)
                 raise error from None
+        client.failpoints.hit(f"after_send:{endpoint.value}")
         request_id = response.headers.get("X-Request-ID")
         if response.is_success:
             try:

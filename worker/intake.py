@@ -32,8 +32,17 @@ def _safe(value: Any, pattern: re.Pattern[str]) -> str | None:
     return value if isinstance(value, str) and pattern.match(value) else None
 
 
+# pydantic puts the tag of a tagged union in the error path; it is not a field of the message.
+_UNION_TAGS = {"shortlist": frozenset({"explicit", "auto"})}
+
+
 def _field(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(part) for part in loc) or "(message)"
+    parts = [
+        str(part)
+        for i, part in enumerate(loc)
+        if not (i and part in _UNION_TAGS.get(str(loc[i - 1]), ()))
+    ]
+    return ".".join(parts) or "(message)"
 
 
 def parse_request(body: bytes) -> ReferralRequestV1 | Rejection:

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
+from worker.failpoints import NONE, Failpoints
 from worker.saga import PendingWrite, SagaState
 from worker.saga_store import SagaStore
 
@@ -25,7 +26,9 @@ class Journal:
         lease_seconds: float,
         now: Callable[[], datetime],
         clock: Callable[[], float] = time.time,
+        failpoints: Failpoints = NONE,
     ) -> None:
+        self._failpoints = failpoints
         self.current = state
         self._store = store
         self._owner = owner
@@ -36,6 +39,7 @@ class Journal:
     async def checkpoint(self, state: SagaState) -> None:
         await self._store.checkpoint(state, self._owner, self._lease, self._clock())
         self.current = state
+        self._failpoints.hit(f"after_checkpoint:{state.step.value}")
 
     async def before_write(self, endpoint: str) -> None:
         pending = PendingWrite(step=self.current.step, endpoint=endpoint, at=self._now())

@@ -31,6 +31,7 @@ from schemas.events import (
 from schemas.referral_request import ReferralRequestV1
 from worker import outcomes
 from worker.ers_client import ErsClient
+from worker.failpoints import NONE, Failpoints
 from worker.intake import Rejection, parse_request
 from worker.journal import Journal
 from worker.keyed_lock import KeyedLock
@@ -97,6 +98,7 @@ class Durability:
     patient_key_secret: bytes
     retry_delays: tuple[float, ...]
     retry_budget_seconds: float
+    failpoints: Failpoints = NONE
 
 
 PARKED_CODES = frozenset({"INTERNAL_ERROR", "UNEXPECTED_RESPONSE"})
@@ -247,6 +249,7 @@ class RequestHandler:
             lease_seconds=durable.lease_seconds,
             now=self._now,
             clock=self._clock,
+            failpoints=durable.failpoints,
         )
         session = self._ers.session(
             request.user, token, correlation_id, now=self._now, before_write=journal.before_write

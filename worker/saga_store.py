@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from schemas.events import OutcomeStatus
+from schemas.events import OutcomeStatus, Step
 from worker.saga import SagaState
 
 
@@ -94,5 +94,11 @@ def patient_key(nhs_number: str, secret: bytes) -> str:
 
 
 def resumable(state: SagaState) -> SagaState:
-    """A stored, non-final saga made ready to run on from the step it reached."""
+    """A stored, non-final saga made ready to run on from the step it reached.
+
+    A saga checkpointed at DONE had completed when its process died before storing the
+    outcome: it stays complete, and only its outcome is still to be stored and sent.
+    """
+    if state.step is Step.DONE:
+        return state
     return state.model_copy(update={"status": None, "error": None, "waiting": None})

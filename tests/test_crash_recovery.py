@@ -1,0 +1,117 @@
+"""SIGKILL at every step boundary and around every state-changing e-RS call, then restart.
+
+For each crash point a referral request (a DBS booking with a letter attached) goes to a
+worker process that kills itself there; a fresh process takes the redelivered message over.
+Whatever the point: exactly one terminal outcome, never two referrals or two bookings, and
+nothing left in the queues.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aio_pika
+import pytest
+
+from tests.conftest import ReliabilityFigures
+from tests.harness import Harness, sample
+from tests.processes import WorkerProcess
+from worker.failpoints import ENV
+from worker.settings import Settings
+from worker.topology import Names
+
+BOUNDARIES = [
+    "SEARCH",
+    "CREATE",
+    "UPLOAD",
+    "LINK_LETTER",
+    "BOOK_OR_DEFER",
+    "PATIENT_LETTER",
+    "DONE",
+]
+COMPLETES = [f"after_checkpoint:{s}" for s in BOUNDARIES] + [
+    f"{when}:{endpoint}" for endpoint in ("A012", "A016") for when in ("before_send", "after_send")
+]
+# e-RS offers no way to see whether these happened: the worker stops and says so.
+RECONCILES = [f"{when}:{e}" for e in ("A011", "A020") for when in ("before_send", "after_send")]
+
+
+async def queue_depths(amqp_url: str, settings: Settings) -> dict[str, int]:
+    names = Names(settings.topology_prefix)
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        depths = {}
+        for name in (names.requests_queue, *(names.delay_queue(d) for d in settings.retry_delays)):
+            queue = await channel.declare_queue(name, passive=True)
+            depths[name] = queue.declaration_result.message_count or 0
+        return depths
+
+
+async def crash_then_recover(
+    harness: Harness, settings: Settings, point: str, figures: ReliabilityFigures
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    await harness.worker.stop(grace_seconds=1)  # only the worker processes consume
+    request = sample("01-dbs-booked.json")
+    doomed = await WorkerProcess.start(settings, **{ENV: point})
+    try:
+        cid = await harness.publish(request)
+        status = await doomed.killed(timeout=60)
+    finally:
+        await doomed.kill()
+    assert status == -9, f"the worker did not reach {point}"
+    figures.requests += 1
+    figures.kills += 1
+    successor = await WorkerProcess.start(settings)
+    figures.restarts += 1
+    try:
+        await harness.wait_until(lambda: bool(harness.outcomes(cid)), timeout=60)
+    finally:
+        code, log = await successor.stop()
+    assert code == 0, log[-2000:]
+    await harness.poll()
+    outcomes = harness.outcomes(cid)
+    figures.duplicates += max(0, len(outcomes) - 1)
+    assert len(outcomes) == 1
+    nhs_number = request["patient"]["nhs_number"]
+    referrals = [r for r in await harness.sandbox.referrals() if r["nhs_number"] == nhs_number]
+    figures.duplicates += max(0, len(referrals) - 1)
+    assert len(referrals) <= 1
+    busy = [s for s in await harness.sandbox.slots("11002") if s["status"] == "busy"]
+    assert len(busy) <= 1
+    depths = await queue_depths(harness.amqp_url, settings)
+    figures.lost += sum(depths.values())
+    assert set(depths.values()) == {0}, depths
+    assert "x-ers-access-token" not in str([p.headers for p in harness.parked])
+    return outcomes[0], (referrals[0] if referrals else {})
+
+
+@pytest.mark.parametrize("point", COMPLETES)
+async def test_crash_then_restart_completes_once(
+    harness: Harness, settings: Settings, point: str, reliability: ReliabilityFigures
+) -> None:
+    outcome, referral = await crash_then_recover(harness, settings, point, reliability)
+
+    assert outcome["status"] == "COMPLETED", outcome["error"]
+    assert outcome["path"] == "DBS_BOOKED"
+    assert referral["state"] == "BOOKED"
+    assert len(referral["attachments"]) == 1
+    assert outcome["ubrn"] == referral["ubrn"]
+    assert harness.parked == []
+
+
+@pytest.mark.parametrize("point", RECONCILES)
+async def test_crash_around_an_uncheckable_call_needs_reconciliation(
+    harness: Harness, settings: Settings, point: str, reliability: ReliabilityFigures
+) -> None:
+    outcome, referral = await crash_then_recover(harness, settings, point, reliability)
+
+    assert outcome["status"] == "NEEDS_RECONCILIATION"
+    assert outcome["error"]["code"] == "NEEDS_RECONCILIATION"
+    endpoint = point.split(":")[1]
+    assert endpoint in outcome["error"]["text"]
+    created = point != "before_send:A011"
+    assert bool(referral) is created  # the referral exists only if A011 was sent
+    if endpoint == "A020":
+        assert outcome["ubrn"] == referral["ubrn"]
+    assert [p.headers["x-ers-reason"] for p in harness.parked] == ["NEEDS_RECONCILIATION"]

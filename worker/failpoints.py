@@ -1,0 +1,32 @@
+"""Crash points for fault-injection tests: the process kills itself with SIGKILL there.
+
+Off unless ``ERS_FAILPOINTS`` names points (comma-separated), which only the crash-recovery
+tests do. Points:
+
+- ``after_checkpoint:<STEP>``  the saga's state was stored as having reached STEP;
+- ``before_send:<Axxx>``       a state-changing call is recorded as pending, not yet sent;
+- ``after_send:<Axxx>``        e-RS has answered (and acted); the answer is not yet read.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+
+ENV = "ERS_FAILPOINTS"
+
+
+class Failpoints:
+    def __init__(self, spec: str = "") -> None:
+        self._points = frozenset(p.strip() for p in spec.split(",") if p.strip())
+
+    @classmethod
+    def from_env(cls) -> Failpoints:
+        return cls(os.environ.get(ENV, ""))
+
+    def hit(self, point: str) -> None:
+        if point in self._points:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+NONE = Failpoints()
