@@ -9,37 +9,14 @@ import logging
 import pytest
 
 from tests.conftest import ReliabilityFigures
-from tests.harness import Harness, sample
+from tests.harness import Harness, mixed_batch
 
 ENDPOINTS = ["A004", "A010", "A011", "A012", "A015", "A016", "A019", "A020"]
 MIXED = ["01-dbs-booked.json", "03-ibs-shortlisted.json", "05-shortlist-only.json"]
 
 
 def requests(count: int) -> list[dict[str, object]]:
-    batch = []
-    for i in range(count):
-        request = sample(MIXED[i % len(MIXED)])
-        # Distinct patients, so the saga-per-patient rule does not serialise the batch.
-        request["patient"] = {"nhs_number": NHS_NUMBERS[i]}
-        batch.append(request)
-    return batch
-
-
-def _valid_nhs_numbers(count: int) -> list[str]:
-    from schemas.nhs_number import is_valid_nhs_number
-
-    found = []
-    n = 999_100_000
-    while len(found) < count:
-        for check in range(10):
-            candidate = f"{n}{check}"
-            if is_valid_nhs_number(candidate):
-                found.append(candidate)
-        n += 1
-    return found[:count]
-
-
-NHS_NUMBERS = _valid_nhs_numbers(200)
+    return mixed_batch(count, MIXED)
 
 
 async def run_batch(
@@ -69,9 +46,7 @@ async def assert_exactly_once(
 
 
 @pytest.mark.worker_settings(ers_max_attempts=6, concurrency=10)
-async def test_a_429_storm_is_ridden_out(
-    harness: Harness, reliability: ReliabilityFigures
-) -> None:
+async def test_a_429_storm_is_ridden_out(harness: Harness, reliability: ReliabilityFigures) -> None:
     for endpoint in ENDPOINTS:
         await harness.sandbox.add_fault(endpoint=endpoint, status=429, times=15, retry_after=0)
     batch = requests(30)
