@@ -75,3 +75,18 @@ async def test_connections_dropped_mid_run(
     reliability.connection_drops += drops
     reliability.duplicates += duplicates
     reliability.lost += lost
+
+
+async def test_a_consumer_lost_across_a_reconnect_is_restored(harness: Harness) -> None:
+    # The known failure of robust connections: the connection comes back, the consumer does
+    # not. Simulated by cancelling ours before the broker drops the connection.
+    worker = harness.worker
+    await worker.topology.requests.cancel(worker._consumer_tag)  # type: ignore[arg-type]
+    assert await drop_connections("ers-worker") == 1
+    await harness.wait_until(lambda: worker.reconnects >= 1 and not worker._checks, timeout=60)
+
+    cid = await harness.publish(mixed_batch(1, ["03-ibs-shortlisted.json"])[0])
+    outcome = await harness.outcome(cid)
+
+    assert outcome["status"] == "COMPLETED"
+    assert not worker.failed.is_set()

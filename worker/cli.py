@@ -32,9 +32,16 @@ async def serve(settings: Settings) -> int:
     async with request_handler(settings) as handler:
         worker = Worker(settings, handler)
         await worker.start()
-        await stop.wait()
+        stopped = asyncio.create_task(stop.wait())
+        failed = asyncio.create_task(worker.failed.wait())
+        await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+        failed.cancel()
         log.info("stopping", extra={"in_flight": worker.in_flight})
         await worker.stop()
+    if worker.failed.is_set():
+        log.error("exiting: not consuming after a reconnect")
+        return 3
     return 0
 
 

@@ -11,6 +11,10 @@ Rules:
    kills the worker; we park such a message ourselves on its last delivery.
 4. On stop: no new saga starts; running ones get the grace period; the rest are requeued
    and resume from their checkpoints.
+5. After the robust connection comes back, the worker checks that the broker really sees a
+   consumer on the work queue (a known failure is a live connection with none), subscribes
+   again if not, and gives up (``failed`` is set, the process exits non-zero so the
+   orchestrator restarts it) if that does not work either.
 """
 
 from __future__ import annotations
@@ -120,6 +124,9 @@ class Worker:
         self._topology: Topology | None = None
         self._consumer_tag: str | None = None
         self._stopping = False
+        self._checks: set[asyncio.Task[None]] = set()
+        self.failed = asyncio.Event()
+        self.reconnects = 0
 
     @property
     def in_flight(self) -> int:
@@ -146,10 +153,49 @@ class Worker:
             delays=self._settings.retry_delays,
         )
         self._consumer_tag = await self._topology.requests.consume(self._on_message)
+        self._connection.reconnect_callbacks.add(self._after_reconnect)
         log.info(
             "consuming",
             extra={"queue": self._names.requests_queue, "prefetch": self._settings.prefetch},
         )
+
+    def _after_reconnect(self, *_: Any) -> None:
+        self.reconnects += 1
+        task = asyncio.create_task(self._verify_consuming())
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
+
+    async def _consuming(self, within: float = 5.0) -> bool:
+        """Whether the broker counts a consumer on the work queue within ``within`` seconds.
+
+        A quorum queue reports its consumer count a moment late, so one look is not enough.
+        """
+        assert self._channel is not None
+        deadline = time.monotonic() + within
+        while True:
+            # The robust channel caches its queues' declare results; ask the broker itself.
+            underlay = await self._channel.get_underlay_channel()
+            declared = await underlay.queue_declare(self._names.requests_queue, passive=True)
+            if (declared.consumer_count or 0) > 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.25)
+
+    async def _verify_consuming(self) -> None:
+        if self._stopping:
+            return
+        try:
+            if await self._consuming():
+                log.info("consumer attached after reconnect")
+                return
+            log.warning("no consumer after reconnect: subscribing again")
+            self._consumer_tag = await self.topology.requests.consume(self._on_message)
+            if await self._consuming():
+                return
+        except Exception as exc:
+            log.error("consumer check failed", extra={"error": type(exc).__name__})
+        self.failed.set()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         task = asyncio.create_task(self._process(message))
@@ -222,6 +268,8 @@ class Worker:
         """Stop taking messages, let running sagas finish within the grace, requeue the rest."""
         grace = self._settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         self._stopping = True
+        for check in set(self._checks):
+            check.cancel()
         if self._topology is not None and self._consumer_tag is not None:
             try:
                 await self._topology.requests.cancel(self._consumer_tag)
