@@ -28,6 +28,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "ERS_RETRY_MAX_SECONDS": str(settings.ers_retry_max_seconds),
         "ERS_RATE_LIMIT_PER_SECOND": str(settings.ers_rate_limit_per_second),
         "WORKER_CONCURRENCY": str(settings.concurrency),
+        "AMQP_PREFETCH": str(settings.prefetch),
         "LOG_LEVEL": "INFO",
         **extra,
     }

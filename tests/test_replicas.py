@@ -1,0 +1,74 @@
+"""Two worker replicas sharing one PostgreSQL saga store and one queue; re-sends interleaved;
+one replica dies mid-saga. Every request completes once; the dead replica's saga is taken
+over when its lease runs out."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+
+import asyncpg
+import pytest
+
+from tests.conftest import ReliabilityFigures
+from tests.harness import Harness, mixed_batch
+from tests.processes import WorkerProcess
+from tests.test_saga_store import POSTGRES_DSN
+from worker.failpoints import ENV
+from worker.settings import Settings
+
+SAMPLES = ["01-dbs-booked.json", "03-ibs-shortlisted.json"]
+
+
+@pytest.fixture
+async def postgres_settings(settings: Settings) -> AsyncIterator[Settings]:
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield settings.model_copy(
+        update={"saga_store": "postgres", "postgres_schema": schema, "saga_lease_seconds": 3.0}
+    )
+    conn = await asyncpg.connect(POSTGRES_DSN)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.close()
+
+
+async def test_two_replicas_one_dies_everything_completes_once(
+    harness: Harness, postgres_settings: Settings, reliability: ReliabilityFigures
+) -> None:
+    await harness.worker.stop(grace_seconds=1)  # only the replicas consume
+    batch = mixed_batch(30, SAMPLES)
+    # One saga at a time on the doomed replica, so the kill lands on exactly one saga at a
+    # known point (tests/test_crash_recovery.py covers kills in the middle of e-RS calls).
+    doomed = await WorkerProcess.start(
+        postgres_settings,
+        **{ENV: "after_checkpoint:UPLOAD", "WORKER_CONCURRENCY": "1", "AMQP_PREFETCH": "1"},
+    )
+    survivor = await WorkerProcess.start(postgres_settings)
+    try:
+        cids = [await harness.publish(r) for r in batch]
+        resent = [await harness.publish(r) for r in batch[:10]]  # upstream re-sends
+        assert await doomed.killed(timeout=60) == -9
+        await harness.wait_until(
+            lambda: all(harness.outcomes(c) for c in cids + resent), timeout=120
+        )
+    finally:
+        await doomed.kill()
+        code, log = await survivor.stop()
+    assert code == 0, log[-2000:]
+    await harness.poll()
+
+    for original, again in zip(cids[:10], resent, strict=True):
+        assert {o["event_id"] for o in harness.outcomes(original) + harness.outcomes(again)} == {
+            harness.outcomes(original)[0]["event_id"]
+        }
+    outcomes = [harness.outcomes(c)[0] for c in cids]
+    assert [o["status"] for o in outcomes] == ["COMPLETED"] * len(batch)
+    per_patient: dict[str, int] = {}
+    for referral in await harness.sandbox.referrals():
+        per_patient[referral["nhs_number"]] = per_patient.get(referral["nhs_number"], 0) + 1
+    duplicates = sum(per_patient[r["patient"]["nhs_number"]] - 1 for r in batch)
+    assert duplicates == 0
+    busy = [s for s in await harness.sandbox.slots("11002") if s["status"] == "busy"]
+    assert len(busy) == sum(1 for o in outcomes if o["path"] == "DBS_BOOKED")
+    reliability.requests += len(batch) + len(resent)
+    reliability.kills += 1
+    reliability.duplicates += duplicates
