@@ -98,6 +98,11 @@ class OutcomeEventV1(_Event):
     source_system: str | None = None
     status: OutcomeStatus
     path: Path | None = None
+    path_reason: str | None = Field(
+        default=None,
+        description="Why the path differs from the action asked for, e.g. NO_SLOT_IN_WINDOW or "
+        "SLOTS_AVAILABLE_DEFERRAL_NOT_ALLOWED (both leave the referral unbooked, DBS_NOT_BOOKED).",
+    )
     ubrn: str | None = None
     referral_state: str | None = Field(default=None, description="e-RS referral state code.")
     referral_version: str | None = None

@@ -301,3 +301,56 @@ async def test_transient_e_rs_faults_are_retried(harness: Harness) -> None:
     assert statuses.count(("A010", 503)) == 2
     assert statuses.count(("A010", 200)) == 1
     assert statuses.count(("A019", 429)) == 1
+
+
+async def test_defer_to_provider_with_free_slots_leaves_the_referral_unbooked(
+    harness: Harness,
+) -> None:
+    request = sample("01-dbs-booked.json", action={"kind": "DEFER_TO_PROVIDER"})
+
+    _, outcome = await run_one(harness, request)
+
+    assert outcome["status"] == "COMPLETED", outcome["error"]
+    assert outcome["path"] == "DBS_NOT_BOOKED"
+    assert outcome["path_reason"] == "SLOTS_AVAILABLE_DEFERRAL_NOT_ALLOWED"
+    assert outcome["referral_state"] == "NOT_BOOKED"
+    referral = await only_referral_for(harness, request["patient"]["nhs_number"])
+    assert referral["state"] == "NOT_BOOKED"
+    assert "A016" not in [c["endpoint"] for c in await harness.sandbox.requests()]
+
+
+async def test_defer_to_provider_without_slots_defers(harness: Harness) -> None:
+    request = sample("02-dbs-deferred-no-slots.json", action={"kind": "DEFER_TO_PROVIDER"})
+
+    _, outcome = await run_one(harness, request)
+
+    assert outcome["path"] == "DBS_DEFERRED"
+    assert outcome["appointment"]["reason"] == "NO_SLOTS_AT_SERVICE"
+
+
+async def test_no_slot_in_the_booking_window_leaves_the_referral_unbooked(
+    harness: Harness,
+) -> None:
+    request = sample(
+        "01-dbs-booked.json",
+        action={"kind": "BOOK_EARLIEST", "booking_window": {"not_after": "2020-01-01"}},
+    )
+
+    _, outcome = await run_one(harness, request)
+
+    assert outcome["path"] == "DBS_NOT_BOOKED"
+    assert outcome["path_reason"] == "NO_SLOT_IN_WINDOW"
+    assert all(s["status"] == "free" for s in await harness.sandbox.slots("11002"))
+
+
+async def test_a_named_clinician_slot_is_booked_with_the_clinician(harness: Harness) -> None:
+    request = sample("01-dbs-booked.json", shortlist={"mode": "explicit", "service_ids": ["14000"]})
+    request["search"]["named_clinician_sds_user_id"] = "921600556514"
+
+    _, outcome = await run_one(harness, request)
+
+    assert outcome["path"] == "DBS_BOOKED", outcome["error"]
+    slots = {s["id"]: s for s in await harness.sandbox.slots("14000")}
+    booked = slots[outcome["appointment"]["slot_id"]]
+    assert booked["status"] == "busy"
+    assert booked["clinician"] == "921600556514"

@@ -263,12 +263,33 @@ def book_appointment(
     slot_id: str,
     start: str,
     end: str,
+    clinician: str | None = None,
 ) -> Json:
-    """A016 booking into a free slot of a directly bookable service."""
+    """A016 booking into a free slot of a directly bookable service.
+
+    A slot with a named clinician must be booked with that clinician as a participant
+    (A016: "Important note when booking slots").
+    """
     body = _appointment(
         ubrn=ubrn, version=version, service_id=service_id, nhs_number=nhs_number, status="booked"
     )
     body.update({"start": start, "end": end, "slot": [{"reference": f"Slot/{slot_id}"}]})
+    if clinician is not None:
+        body["participant"].append(
+            {
+                # e-RS maps type as a single object, not an array (A016 known issue 1).
+                "type": {
+                    "coding": [
+                        {
+                            "system": "http://hl7.org/fhir/ValueSet/encounter-participant-type",
+                            "code": "CON",
+                        }
+                    ]
+                },
+                "actor": {"identifier": {"system": SDS_USER_ID, "value": clinician}},
+                "status": "accepted",
+            }
+        )
     return body
 
 

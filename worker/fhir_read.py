@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from worker.fhir_build import ERS_SERVICE, ODS_ORGANIZATION_CODE
+from worker.fhir_build import ERS_SERVICE, ODS_ORGANIZATION_CODE, SDS_USER_ID
 
 Json = dict[str, Any]
 _SD = "https://fhir.nhs.uk/STU3/StructureDefinition/"
@@ -30,10 +30,6 @@ class FoundService:
     @property
     def directly_bookable(self) -> bool:
         return self.bookable_type == "DIRECTLY_BOOKABLE"
-
-    @property
-    def indirectly_bookable(self) -> bool:
-        return self.bookable_type == "INDIRECTLY_BOOKABLE"
 
     @property
     def triage(self) -> bool:
@@ -137,6 +133,8 @@ class FreeSlot:
     slot_id: str
     start: str
     end: str
+    clinician: str | None = None
+    """SDS user id of the slot's named clinician, from its Schedule's actors (A015)."""
 
     @property
     def starts_at(self) -> datetime:
@@ -145,10 +143,23 @@ class FreeSlot:
 
 def slots_from_bundle(body: Json) -> tuple[list[FreeSlot], int]:
     """A015's searchset: the free slots on this page, and the total e-RS says there are."""
+    resources = [entry.get("resource", {}) for entry in body.get("entry", [])]
+    clinicians = {
+        f"Schedule/{res.get('id')}": actor["identifier"]["value"]
+        for res in resources
+        if res.get("resourceType") == "Schedule"
+        for actor in res.get("actor", [])
+        if actor.get("identifier", {}).get("system") == SDS_USER_ID
+    }
     slots = [
-        FreeSlot(res["id"], res["start"], res["end"])
-        for entry in body.get("entry", [])
-        if (res := entry.get("resource", {})).get("resourceType") == "Slot"
+        FreeSlot(
+            res["id"],
+            res["start"],
+            res["end"],
+            clinicians.get(res.get("schedule", {}).get("reference", "")),
+        )
+        for res in resources
+        if res.get("resourceType") == "Slot"
         and res.get("status", "free") == "free"
         and {"id", "start", "end"} <= res.keys()
     ]

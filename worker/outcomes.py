@@ -26,6 +26,7 @@ def from_saga(
         source_system=source_system,
         status=state.status,
         path=state.path,
+        path_reason=state.path_reason,
         ubrn=state.ubrn,
         referral_state=state.referral_state,
         referral_version=state.referral_version,

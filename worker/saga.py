@@ -84,6 +84,7 @@ class SagaState(BaseModel):
     step: Step = FIRST_STEP
     status: OutcomeStatus | None = None
     path: Path | None = None
+    path_reason: str | None = None
     defer_contact_days: int | None = Field(
         default=None, description="A004 deferToProviderContactDays for the request's priority."
     )

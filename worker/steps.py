@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from zoneinfo import ZoneInfo
 
 from schemas.events import AppointmentInfo, Path, Step
 from schemas.referral_request import (
@@ -57,6 +58,8 @@ class SagaContext:
 
 
 StepFn = Callable[[SagaState, SagaContext], Awaitable[SagaState]]
+# Dates patients and clinicians see (booking windows, contact-by dates) are English dates.
+LONDON = ZoneInfo("Europe/London")
 
 _ALREADY_LINKED = frozenset({"DUPLICATE_FILENAME", "NO_CHANGES_DETECTED"})
 # e-RS refuses a booking with these when the slot went between A015 and A016.
@@ -138,7 +141,7 @@ async def search(state: SagaState, ctx: SagaContext) -> SagaState:
 def _contact_by(created: datetime | None, days: int | None) -> date | None:
     if created is None or days is None:
         return None
-    return add_working_days(created.date(), days)
+    return add_working_days(created.astimezone(LONDON).date(), days)
 
 
 async def create(state: SagaState, ctx: SagaContext) -> SagaState:
@@ -161,23 +164,19 @@ async def create(state: SagaState, ctx: SagaContext) -> SagaState:
         body = fb.create_referral(referral, ctx.options.specialty_cs)
         reply = await ctx.ers.create_referral(body)
     facts = referral_facts(reply.body, reply.etag)
-    update: dict[str, object] = {
-        "ubrn": facts.ubrn,
-        "referral_version": facts.version,
-        "referral_state": facts.state,
-        "commissioning_rule_org": facts.commissioning_rule_org,
-    }
-    if via_a021:
-        update["booking_done"] = True
-        update["appointment"] = AppointmentInfo(
-            appointment_id="contained",
-            service_id=state.target.service_id,
-            status="proposed",
-            reason="TRIAGE",
-        )
-        created = facts.appointment.created if facts.appointment else None
-        update["contact_by"] = _contact_by(created, state.triage_contact_days)
-    return state.model_copy(update=update)
+    created = state.model_copy(
+        update={
+            "ubrn": facts.ubrn,
+            "referral_version": facts.version,
+            "referral_state": facts.state,
+            "commissioning_rule_org": facts.commissioning_rule_org,
+        }
+    )
+    if via_a021 and facts.appointment is not None:
+        # A021 sends for triage in the same call: its referral holds the triage appointment.
+        triaged = _after_appointment(created, facts.appointment)
+        return triaged.model_copy(update={"referral_version": facts.version})
+    return created
 
 
 def _binary_url(location: str | None) -> str:
@@ -232,7 +231,7 @@ async def link_letter(state: SagaState, ctx: SagaContext) -> SagaState:
 def _in_window(slot: FreeSlot, window: BookingWindow | None) -> bool:
     if window is None:
         return True
-    day = slot.starts_at.date()
+    day = slot.starts_at.astimezone(LONDON).date()
     if window.not_before and day < window.not_before:
         return False
     return not (window.not_after and day > window.not_after)
@@ -322,10 +321,14 @@ async def _book_earliest(state: SagaState, ctx: SagaContext) -> SagaState:
     if not candidates:
         # e-RS allows deferral only when the service has no slots at all, so a referral whose
         # window holds none stays unbooked: the patient books from the letter.
-        return state.model_copy(update={"path": Path.DBS_NOT_BOOKED, "booking_done": True})
+        return _not_booked(state, "NO_SLOT_IN_WINDOW")
     for slot in candidates[: ctx.options.max_booking_attempts]:
         body = fb.book_appointment(
-            **_appointment_args(state, ctx), slot_id=slot.slot_id, start=slot.start, end=slot.end
+            **_appointment_args(state, ctx),
+            slot_id=slot.slot_id,
+            start=slot.start,
+            end=slot.end,
+            clinician=slot.clinician,
         )
         try:
             reply = await ctx.ers.book_or_defer(body)
@@ -350,8 +353,30 @@ async def book_or_defer(state: SagaState, ctx: SagaContext) -> SagaState:
         reply = await ctx.ers.book_or_defer(body)
         return _after_appointment(state, appointment_facts(reply.body))
     if state.path is Path.DBS_DEFERRED:
-        return await _defer(state, ctx, "NO_SLOTS_AT_SERVICE")
+        return await _defer_if_no_slots(state, ctx)
     return await _book_earliest(state, ctx)
+
+
+async def _defer_if_no_slots(state: SagaState, ctx: SagaContext) -> SagaState:
+    """DEFER_TO_PROVIDER: e-RS allows deferral only to a service with no free slots.
+
+    With slots free, the referral stays unbooked (the patient books from the letter)
+    rather than failing after it was created.
+    """
+    _, total = await _free_slots(state, ctx)
+    if total == 0:
+        try:
+            return await _defer(state, ctx, "NO_SLOTS_AT_SERVICE")
+        except ErsRejected as exc:
+            if exc.code != "SLOTS_CURRENTLY_AVAILABLE":
+                raise
+    return _not_booked(state, "SLOTS_AVAILABLE_DEFERRAL_NOT_ALLOWED")
+
+
+def _not_booked(state: SagaState, reason: str) -> SagaState:
+    return state.model_copy(
+        update={"path": Path.DBS_NOT_BOOKED, "path_reason": reason, "booking_done": True}
+    )
 
 
 async def patient_letter(state: SagaState, ctx: SagaContext) -> SagaState:
