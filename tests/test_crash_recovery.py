@@ -29,9 +29,16 @@ BOUNDARIES = [
     "PATIENT_LETTER",
     "DONE",
 ]
-COMPLETES = [f"after_checkpoint:{s}" for s in BOUNDARIES] + [
-    f"{when}:{endpoint}" for endpoint in ("A012", "A016") for when in ("before_send", "after_send")
-]
+COMPLETES = (
+    [f"after_checkpoint:{s}" for s in BOUNDARIES]
+    # Reads answered by e-RS, the answer not yet read: repeating them is harmless.
+    + [f"after_send:{endpoint}" for endpoint in ("A004", "A010", "A015", "A019")]
+    + [
+        f"{when}:{endpoint}"
+        for endpoint in ("A012", "A016")
+        for when in ("before_send", "after_send")
+    ]
+)
 # e-RS offers no way to see whether these happened: the worker stops and says so.
 RECONCILES = [f"{when}:{e}" for e in ("A011", "A020") for when in ("before_send", "after_send")]
 
