@@ -123,6 +123,8 @@ def settings(
             "saga_store_path": tmp_path / "sagas.db",
             "retry_delays_seconds": "0.2,0.5,1",
             "patient_key_secret": SecretStr("test-secret"),
+            "metrics_port": 0,
+            "metrics_host": "127.0.0.1",
             **overrides,
         }
     )

@@ -30,6 +30,8 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "WORKER_CONCURRENCY": str(settings.concurrency),
         "AMQP_PREFETCH": str(settings.prefetch),
         "LOG_LEVEL": "INFO",
+        "METRICS_PORT": str(settings.metrics_port),
+        "METRICS_HOST": settings.metrics_host,
         **extra,
     }
 

@@ -2,37 +2,15 @@
 
 from pathlib import Path
 
-from pydantic import SecretStr
-
-from worker.settings import Settings
+from worker.settings import Settings, env_example
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "worker.env.example"
 
 
-def _documented() -> dict[str, str]:
-    pairs = {}
-    for line in ENV_EXAMPLE.read_text().splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.partition("=")
-            pairs[key] = value
-    return pairs
-
-
-def _default_text(value: object) -> str:
-    if isinstance(value, SecretStr):
-        value = value.get_secret_value()
-    if value is None:
-        return ""
-    return str(getattr(value, "value", value))
-
-
 def test_env_example_lists_every_setting_with_its_default() -> None:
-    documented = _documented()
-    expected = {
-        field.validation_alias.choices[0]: _default_text(field.default)  # type: ignore[union-attr]
-        for field in Settings.model_fields.values()
-    }
-    assert documented == expected
+    assert ENV_EXAMPLE.read_text() == env_example(), (
+        "run `ers-worker env > deploy/worker.env.example`"
+    )
 
 
 def test_environment_configures_the_worker(monkeypatch) -> None:  # type: ignore[no-untyped-def]

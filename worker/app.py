@@ -16,6 +16,7 @@ from worker.ers_client import ErsClient, RetryPolicy
 from worker.failpoints import Failpoints
 from worker.fhir_build import specialty_system
 from worker.letter_store import FileLetterStore
+from worker.metrics import Metrics
 from worker.pipeline import Durability, RequestHandler
 from worker.reference_data import ReferenceData
 from worker.saga_store import SagaStore
@@ -80,6 +81,7 @@ async def request_handler(settings: Settings) -> AsyncIterator[RequestHandler]:
 @asynccontextmanager
 async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[RequestHandler]:
     failpoints = Failpoints.from_env()  # test-only crash points; none unless ERS_FAILPOINTS
+    metrics = Metrics()
     async with build_http_client(settings) as http:
         ers = ErsClient(
             http,
@@ -91,6 +93,7 @@ async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[Reques
                 max_wait=settings.ers_retry_max_seconds,
             ),
             booking_timeout_seconds=settings.ers_booking_timeout_seconds,
+            metrics=metrics,
             failpoints=failpoints,
         )
         yield RequestHandler(
@@ -114,6 +117,7 @@ async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[Reques
                 retry_budget_seconds=settings.retry_budget_seconds,
                 failpoints=failpoints,
             ),
+            metrics=metrics,
         )
 
 

@@ -18,7 +18,7 @@ import orjson
 
 from worker.app import configure_logging, request_handler
 from worker.consumer import Worker
-from worker.settings import Settings
+from worker.settings import Settings, env_example
 from worker.topology import Names, definitions
 
 log = logging.getLogger("worker")
@@ -54,12 +54,16 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for outcomes")
     sub.add_parser("schemas", help="write the JSON Schema files under schemas/")
     sub.add_parser("definitions", help="print the RabbitMQ definitions of the topology")
+    sub.add_parser("env", help="print every setting with its default, as an env file")
     args = parser.parse_args(argv)
 
     if args.command == "schemas":
         from schemas.export import main as export
 
         return export()
+    if args.command == "env":
+        print(env_example(), end="")
+        return 0
     settings = Settings()
     if args.command == "definitions":
         document = definitions(

@@ -34,6 +34,8 @@ from aio_pika.abc import (
 )
 
 from schemas.events import OutcomeEventV1
+from worker.health import HealthServer
+from worker.metrics import REQUEUED, bounded_code
 from worker.pipeline import (
     ATTEMPT_HEADER,
     FIRST_SEEN_HEADER,
@@ -127,6 +129,8 @@ class Worker:
         self._checks: set[asyncio.Task[None]] = set()
         self.failed = asyncio.Event()
         self.reconnects = 0
+        self.metrics = handler.metrics
+        self.health = HealthServer(self.metrics, self.not_ready)
 
     @property
     def in_flight(self) -> int:
@@ -137,7 +141,24 @@ class Worker:
         assert self._topology is not None, "start() first"
         return self._topology
 
+    async def not_ready(self) -> list[str]:
+        """Why this worker should not be sent traffic now (empty when it is ready)."""
+        problems = []
+        if self._stopping:
+            problems.append("draining")
+        if self._connection is None or self._connection.is_closed:
+            problems.append("broker connection closed")
+        if self._consumer_tag is None or self.failed.is_set():
+            problems.append("not consuming")
+        try:
+            await asyncio.wait_for(self._handler.store_ping(), timeout=2)
+        except Exception as exc:
+            problems.append(f"saga store unreachable ({type(exc).__name__})")
+        return problems
+
     async def start(self) -> None:
+        settings = self._settings
+        await self.health.start(settings.metrics_host, settings.metrics_port)
         self._connection = await aio_pika.connect_robust(
             self._settings.amqp_url.get_secret_value(),
             client_properties={"connection_name": "ers-worker"},
@@ -153,6 +174,7 @@ class Worker:
             delays=self._settings.retry_delays,
         )
         self._consumer_tag = await self._topology.requests.consume(self._on_message)
+        self.metrics.consumer_attached.set(1)
         self._connection.reconnect_callbacks.add(self._after_reconnect)
         log.info(
             "consuming",
@@ -195,10 +217,11 @@ class Worker:
                 return
         except Exception as exc:
             log.error("consumer check failed", extra={"error": type(exc).__name__})
+        self.metrics.consumer_attached.set(0)
         self.failed.set()
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self._process(message))
+        task = asyncio.create_task(self._tracked(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -210,6 +233,10 @@ class Worker:
             message_id=message.message_id,
             reply_to=message.reply_to,
         )
+
+    async def _tracked(self, message: AbstractIncomingMessage) -> None:
+        with self.metrics.in_flight_message():
+            await self._process(message)
 
     async def _process(self, message: AbstractIncomingMessage) -> None:
         try:
@@ -241,6 +268,7 @@ class Worker:
 
     async def _settle(self, message: AbstractIncomingMessage, handled: Handled) -> None:
         topology = self.topology
+        metrics = self.metrics
         for event in handled.events:
             body = event_message(event, message.correlation_id)
             if message.reply_to:
@@ -249,6 +277,7 @@ class Worker:
         if handled.fate is Fate.DEAD_LETTER:
             parked = _copy(message, parked_headers(message.headers or {}, handled))
             await topology.dead_letters.publish(parked, routing_key="", mandatory=False)
+            metrics.dead_lettered.labels(bounded_code(handled.reason)).inc()
         elif handled.fate is Fate.DELAY:
             headers = dict(message.headers or {})
             headers.pop(DELIVERY_COUNT_HEADER, None)
@@ -256,11 +285,14 @@ class Worker:
             headers.setdefault(FIRST_SEEN_HEADER, time.time())
             queue = topology.names.delay_queue(handled.delay_seconds)
             await topology.default.publish(_copy(message, headers), routing_key=queue)
+            metrics.delayed.labels(f"{handled.delay_seconds:g}", bounded_code(handled.reason)).inc()
         await message.ack()
+        metrics.messages.labels(handled.result).inc()
 
     async def _requeue(self, message: AbstractIncomingMessage) -> None:
         try:
             await message.nack(requeue=True)
+            self.metrics.messages.labels(REQUEUED).inc()
         except Exception as exc:  # the channel may be gone already; the broker requeues then
             log.warning("requeue failed", extra={"error": type(exc).__name__})
 
@@ -286,6 +318,8 @@ class Worker:
                 await asyncio.gather(*set(self._tasks), return_exceptions=True)
                 break
             await asyncio.wait(set(self._tasks), timeout=remaining)
+        self.metrics.consumer_attached.set(0)
         if self._connection is not None:
             await self._connection.close()
             self._connection = None
+        await self.health.stop()

@@ -32,6 +32,7 @@ from schemas.referral_request import ActingUser
 from worker.errors import ErsRateLimited, ErsTransientError, ErsUnexpected, TokenExpired
 from worker.ers_classify import Endpoint, classify_status, classify_transport
 from worker.failpoints import NONE, Failpoints
+from worker.metrics import Metrics, status_class
 from worker.ports import ErsCall, ErsReply
 from worker.tokens import AccessToken
 
@@ -56,9 +57,11 @@ class ErsClient:
         rate_limit_per_second: float,
         retry: RetryPolicy,
         booking_timeout_seconds: float,
+        metrics: Metrics,
         failpoints: Failpoints = NONE,
     ) -> None:
         self.failpoints = failpoints
+        self.metrics = metrics
         self._http = http
         self._base = base_url.rstrip("/")
         self._limiter = AsyncLimiter(rate_limit_per_second, 1.0)
@@ -68,8 +71,14 @@ class ErsClient:
             retry=retry_if_exception_type(ErsTransientError),
             stop=stop_after_attempt(retry.max_attempts),
             wait=_wait(retry),
+            before_sleep=self._count_retry,
             reraise=True,
         )
+
+    def _count_retry(self, state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, ErsTransientError):
+            self.metrics.ers_retries.labels(exc.endpoint, retry_reason(exc)).inc()
 
     def session(
         self,
@@ -92,6 +101,16 @@ class ErsClient:
     @property
     def limiter(self) -> AsyncLimiter:
         return self._limiter
+
+
+def retry_reason(exc: ErsTransientError) -> str:
+    if isinstance(exc, ErsRateLimited):
+        return "rate_limited"
+    if exc.status == 503:
+        return "unavailable"
+    if exc.status:
+        return "server_error"
+    return exc.code.lower()  # timeout, connection_error
 
 
 def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:
@@ -230,8 +249,15 @@ class ErsSession:
         request_id: str | None,
         error_code: str | None,
     ) -> None:
-        duration_ms = int((time.perf_counter() - started) * 1000)
-        self.calls.append(ErsCall(endpoint.value, status, at, duration_ms, request_id, error_code))
+        seconds = time.perf_counter() - started
+        metrics = self._client.metrics
+        metrics.ers_requests.labels(endpoint.value, status_class(status)).inc()
+        metrics.ers_latency.labels(endpoint.value).observe(seconds)
+        if error_code is None:
+            metrics.last_ers_success.set(time.time())
+        self.calls.append(
+            ErsCall(endpoint.value, status, at, int(seconds * 1000), request_id, error_code)
+        )
 
     @staticmethod
     def _reply(response: httpx.Response, request_id: str | None) -> ErsReply:

@@ -35,6 +35,7 @@ from worker.failpoints import NONE, Failpoints
 from worker.intake import Rejection, parse_request
 from worker.journal import Journal
 from worker.keyed_lock import KeyedLock
+from worker.metrics import DELAYED, POISONED, PROCESSED, REJECTED, REPLAYED, Metrics
 from worker.ports import LetterStore
 from worker.reference_data import ReferenceData
 from worker.saga import SagaState, finish, new_saga
@@ -86,6 +87,7 @@ class Handled:
     outcome: OutcomeEventV1 | None = None
     reason: str = ""
     delay_seconds: float = 0.0
+    result: str = PROCESSED
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +131,7 @@ class RequestHandler:
         reference: ReferenceData,
         options: SagaOptions,
         durability: Durability,
+        metrics: Metrics,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -138,6 +141,7 @@ class RequestHandler:
         self._reference = reference
         self._options = options
         self._durable = durability
+        self.metrics = metrics
         self._now = now
         self._clock = clock
         self._patients = KeyedLock()
@@ -166,7 +170,10 @@ class RequestHandler:
                 "rejected invalid message",
                 extra={"request_id": event.request_id, "fields": [p.field for p in problems]},
             )
-            return Handled([event], Fate.DEAD_LETTER, event, reason="INVALID_MESSAGE")
+            self._count(event)
+            return Handled(
+                [event], Fate.DEAD_LETTER, event, reason="INVALID_MESSAGE", result=REJECTED
+            )
         assert isinstance(parsed, ReferralRequestV1)
         try:
             return await self._handle_valid(parsed, msg)
@@ -174,6 +181,9 @@ class RequestHandler:
             # Another replica took the saga over (ours stalled past its lease); it answers.
             log.warning("lease lost", extra={"request_id": parsed.request_id})
             return Handled([], Fate.ACK, reason="LEASE_LOST")
+
+    async def store_ping(self) -> None:
+        await self._durable.store.ping()
 
     def poisoned(self, msg: Incoming) -> Handled:
         """The message's last delivery before the broker gives up on it: earlier deliveries
@@ -196,7 +206,8 @@ class RequestHandler:
             occurred_at=self._now(),
         )
         log.error("parked a poison message", extra={"request_id": parsed.request_id})
-        return Handled([event], Fate.DEAD_LETTER, event, reason="REDELIVERY_LIMIT")
+        self._count(event)
+        return Handled([event], Fate.DEAD_LETTER, event, reason="REDELIVERY_LIMIT", result=POISONED)
 
     async def _handle_valid(self, request: ReferralRequestV1, msg: Incoming) -> Handled:
         correlation_id = msg.correlation_id or msg.message_id or request.request_id
@@ -210,6 +221,7 @@ class RequestHandler:
                 retryable=True,
             )
             event = self._outcome_without_saga(request, correlation_id, error)
+            self._count(event)
             return Handled([event], Fate.ACK, event)
         durable = self._durable
         key = patient_key(request.patient.nhs_number, durable.patient_key_secret)
@@ -226,7 +238,7 @@ class RequestHandler:
                 assert claim.outcome is not None
                 stored = OutcomeEventV1.model_validate_json(claim.outcome)
                 log.info("replayed outcome", extra={"request_id": request.request_id})
-                return Handled([stored], Fate.ACK, stored, reason="REPLAYED")
+                return Handled([stored], Fate.ACK, stored, result=REPLAYED)
             if claim.kind in (ClaimKind.BUSY_REQUEST, ClaimKind.BUSY_PATIENT):
                 return self._busy(request, msg, token, claim.kind, correlation_id)
             assert claim.state is not None
@@ -262,8 +274,13 @@ class RequestHandler:
             options=self._options,
             now=self._now,
         )
+        started = time.monotonic()
         state = await run_saga(
-            start, ctx, drain_calls=session.drain_calls, checkpoint=journal.checkpoint
+            start,
+            ctx,
+            drain_calls=session.drain_calls,
+            checkpoint=journal.checkpoint,
+            metrics=self.metrics,
         )
         if state.waiting is not None:
             waited = self._wait_or_give_up(state, msg, token)
@@ -271,7 +288,12 @@ class RequestHandler:
                 await durable.store.release(state, durable.owner, self._clock())
                 return waited
             state = waited
-        return await self._finish(request, state)
+        handled = await self._finish(request, state)
+        if handled.outcome is not None:
+            self.metrics.saga_duration.labels(handled.outcome.status.value.lower()).observe(
+                time.monotonic() - started
+            )
+        return handled
 
     def _wait_or_give_up(
         self, state: SagaState, msg: Incoming, token: AccessToken
@@ -311,7 +333,9 @@ class RequestHandler:
                 "delay_seconds": delay,
             },
         )
-        return Handled([], Fate.DELAY, reason=state.waiting.code, delay_seconds=delay)
+        return Handled(
+            [], Fate.DELAY, reason=state.waiting.code, delay_seconds=delay, result=DELAYED
+        )
 
     def _busy(
         self,
@@ -333,9 +357,12 @@ class RequestHandler:
                 retryable=True,
             )
             event = self._outcome_without_saga(request, correlation_id, error, OutcomeStatus.FAILED)
+            self._count(event)
             return Handled([event], Fate.DEAD_LETTER, event, reason=error.code)
         log.info("saga busy", extra={"request_id": request.request_id, "why": kind.value})
-        return Handled([], Fate.DELAY, reason=kind.value.upper(), delay_seconds=delay)
+        return Handled(
+            [], Fate.DELAY, reason=kind.value.upper(), delay_seconds=delay, result=DELAYED
+        )
 
     async def _finish(self, request: ReferralRequestV1, state: SagaState) -> Handled:
         now = self._now()
@@ -353,6 +380,7 @@ class RequestHandler:
         if state.letter is not None:
             events.append(outcomes.letter_ready(state, event_id=_new_id(), now=now))
         events.append(outcome)
+        self._count(outcome)
         error = outcome.error
         parked = needs_a_person(outcome)
         log.info(
@@ -371,6 +399,10 @@ class RequestHandler:
             outcome,
             reason=error.code if error else "",
         )
+
+    def _count(self, outcome: OutcomeEventV1) -> None:
+        path = outcome.path.value.lower() if outcome.path else "none"
+        self.metrics.sagas_finished.labels(outcome.status.value.lower(), path).inc()
 
     def _outcome_without_saga(
         self,

@@ -29,6 +29,7 @@ from worker.errors import (
     SagaError,
     TokenExpired,
 )
+from worker.metrics import Metrics, bounded_code
 from worker.ports import ErsCall
 from worker.privacy import redact, where
 from worker.saga import CallRecord, PendingWrite, SagaState, finish, next_step, transition
@@ -77,11 +78,14 @@ async def run_saga(
     *,
     drain_calls: Callable[[], list[ErsCall]] | None = None,
     checkpoint: Checkpoint = _nothing,
+    metrics: Metrics | None = None,
 ) -> SagaState:
     """Run from ``state.step`` until the saga finishes or waits; returns that state."""
     conflicts = 0
     while state.running:
         step = state.step
+        if metrics is not None:
+            metrics.step_attempts.labels(step.value).inc()
         try:
             if state.pending is not None:
                 state, done = await reconcile(state, ctx)
@@ -108,8 +112,18 @@ async def run_saga(
         finally:
             if drain_calls is not None:
                 state = _with_history(state, step, drain_calls())
+        if metrics is not None:
+            _count_failure(metrics, step, state)
         await checkpoint(state)
     return state
+
+
+def _count_failure(metrics: Metrics, step: Step, state: SagaState) -> None:
+    problem = state.waiting or state.error
+    if problem is not None and problem.step is step:
+        metrics.step_failures.labels(step.value, bounded_code(problem.code)).inc()
+    elif state.pending is not None and state.pending.step is step:
+        metrics.step_failures.labels(step.value, "OUTCOME_UNKNOWN").inc()
 
 
 async def _guarded(

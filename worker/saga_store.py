@@ -78,6 +78,10 @@ class SagaStore(Protocol):
 
     async def load(self, request_id: str) -> StoredSaga | None: ...
 
+    async def ping(self) -> None:
+        """Raise if the store cannot be reached."""
+        ...
+
     async def close(self) -> None: ...
 
 

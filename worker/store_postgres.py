@@ -81,6 +81,9 @@ class PostgresSagaStore:
     async def close(self) -> None:
         await self._pool.close()
 
+    async def ping(self) -> None:
+        await self._pool.fetchval("SELECT 1")
+
     async def claim(
         self, initial: SagaState, patient_key: str, owner: str, lease_seconds: float, now: float
     ) -> Claim:

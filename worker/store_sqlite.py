@@ -75,6 +75,10 @@ class SqliteSagaStore:
     async def close(self) -> None:
         await self._db.close()
 
+    async def ping(self) -> None:
+        async with self._lock, self._db.execute("SELECT 1") as cursor:
+            await cursor.fetchone()
+
     async def claim(
         self, initial: SagaState, patient_key: str, owner: str, lease_seconds: float, now: float
     ) -> Claim:

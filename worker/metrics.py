@@ -1,0 +1,151 @@
+"""The worker's Prometheus metrics, in one container that takes its registry.
+
+Rules: names follow Prometheus conventions (base units, ``_total`` counters, ``_seconds``);
+every label takes values from a closed set (enums, endpoint ids, e-RS error codes, which the
+spec enumerates); never a patient identifier, UBRN, request id or free text.
+"""
+
+from __future__ import annotations
+
+import platform
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import PackageNotFoundError, version
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+PREFIX = "ers_worker"
+_CODE = re.compile(r"^[A-Z0-9_]{1,48}$")
+
+# Message results, as operators read them.
+PROCESSED = "processed"  # a saga ran and ended (whatever its outcome)
+REPLAYED = "replayed"  # a finished request again: its stored outcome was sent
+REJECTED = "rejected"  # invalid message
+DELAYED = "delayed"  # sent to a delay queue
+REQUEUED = "requeued"  # handed back on shutdown
+POISONED = "poisoned"  # last delivery of a message that never settled
+
+
+def bounded_code(code: str | None) -> str:
+    """An error code as a label value: e-RS' codes are a closed list; anything else is OTHER."""
+    if code is None:
+        return "none"
+    return code if _CODE.match(code) else "OTHER"
+
+
+def status_class(status: int | None) -> str:
+    return f"{status // 100}xx" if status else "no_response"
+
+
+def _version() -> str:
+    try:
+        return version("ers-worker")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.messages = Counter(
+            f"{PREFIX}_messages_consumed",
+            "Request messages consumed, by result.",
+            ["result"],
+            registry=r,
+        )
+        self.sagas_finished = Counter(
+            f"{PREFIX}_sagas_finished",
+            "Sagas that reached a terminal outcome.",
+            ["outcome", "path"],
+            registry=r,
+        )
+        self.saga_duration = Histogram(
+            f"{PREFIX}_saga_duration_seconds",
+            "Time from a saga's (re)start in this process to its outcome.",
+            ["outcome"],
+            buckets=(0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.step_attempts = Counter(
+            f"{PREFIX}_step_attempts", "Saga step attempts.", ["step"], registry=r
+        )
+        self.step_failures = Counter(
+            f"{PREFIX}_step_failures",
+            "Saga steps that failed, waited or need a person.",
+            ["step", "reason"],
+            registry=r,
+        )
+        self.ers_requests = Counter(
+            f"{PREFIX}_ers_requests",
+            "e-RS API calls (each attempt).",
+            ["endpoint", "status_class"],
+            registry=r,
+        )
+        self.ers_latency = Histogram(
+            f"{PREFIX}_ers_request_duration_seconds",
+            "e-RS API call latency.",
+            ["endpoint"],
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+            registry=r,
+        )
+        self.ers_retries = Counter(
+            f"{PREFIX}_ers_retries",
+            "e-RS calls retried in process.",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.last_ers_success = Gauge(
+            f"{PREFIX}_last_successful_ers_call_timestamp_seconds",
+            "Unix time of the last successful e-RS call.",
+            registry=r,
+        )
+        self.delayed = Counter(
+            f"{PREFIX}_delayed_messages",
+            "Messages sent to a delay queue.",
+            ["delay_seconds", "reason"],
+            registry=r,
+        )
+        self.dead_lettered = Counter(
+            f"{PREFIX}_dead_lettered_messages",
+            "Messages parked in the dead-letter queue.",
+            ["reason"],
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_sagas_in_flight", "Sagas running in this process.", registry=r
+        )
+        self.oldest_age = Gauge(
+            f"{PREFIX}_oldest_saga_age_seconds",
+            "Age of the oldest saga running in this process (0 when none).",
+            registry=r,
+        )
+        self.consumer_attached = Gauge(
+            f"{PREFIX}_consumer_attached", "1 while the worker consumes its queue.", registry=r
+        )
+        self.build_info = Gauge(
+            f"{PREFIX}_build_info",
+            "Build of the running worker.",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(version=_version(), python=platform.python_version()).set(1)
+        self._started: dict[int, float] = {}
+        self.oldest_age.set_function(self._oldest)
+
+    def _oldest(self) -> float:
+        return time.monotonic() - min(self._started.values()) if self._started else 0.0
+
+    @contextmanager
+    def in_flight_message(self) -> Iterator[None]:
+        """Count one message being handled, and how long the oldest has been."""
+        key = object()
+        self._started[id(key)] = time.monotonic()
+        self.in_flight.inc()
+        try:
+            yield
+        finally:
+            del self._started[id(key)]
+            self.in_flight.dec()
