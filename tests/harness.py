@@ -78,6 +78,9 @@ class Harness:
     _reply_queue: AbstractQueue | None = None
     _tap: AbstractQueue | None = None
     _dlq: AbstractQueue | None = None
+    read_parked: bool = True
+    """False leaves parked messages in the dead-letter queue (for tests of the tools that
+    read it); poll() then does not take them."""
 
     async def open(self) -> None:
         self._connection = await aio_pika.connect(self.amqp_url)
@@ -143,7 +146,21 @@ class Harness:
     async def poll(self) -> None:
         await self._drain(self._reply_queue, self.replies)
         await self._drain(self._tap, self.topic)
-        await self._drain(self._dlq, self.parked)
+        if self.read_parked:
+            await self._drain(self._dlq, self.parked)
+
+    async def parked_depth(self) -> int:
+        """Messages in the dead-letter queue now (ready ones: what a reader would find)."""
+        assert self._channel is not None
+        queue = await self._channel.declare_queue(self.names.dead_letter_queue, passive=True)
+        return queue.declaration_result.message_count or 0
+
+    async def wait_for_parked(self, count: int, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while await self.parked_depth() < count:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"fewer than {count} parked messages after {timeout}s")
+            await asyncio.sleep(0.05)
 
     async def wait_until(self, condition: Callable[[], bool], timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -51,7 +51,9 @@ def replica_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-async def open_store(settings: Settings) -> SagaStore:
+async def open_store(settings: Settings, *, release_leases: bool = True) -> SagaStore:
+    """The configured saga store. Only the worker itself releases leases (operator tools
+    open the store beside a running worker and must not)."""
     if settings.saga_store == "postgres":
         return await PostgresSagaStore.open(
             settings.postgres_dsn.get_secret_value(),
@@ -59,6 +61,8 @@ async def open_store(settings: Settings) -> SagaStore:
             max_size=settings.concurrency + 2,
         )
     store = await SqliteSagaStore.open(settings.saga_store_path)
+    if not release_leases:
+        return store
     # SQLite serves one replica: whoever held a lease before this process started is dead.
     released = await store.release_all_leases()
     if released:

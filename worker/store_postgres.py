@@ -185,6 +185,17 @@ class PostgresSagaStore:
             owner,
         )
 
+    async def reopen(self, state: SagaState, now: float) -> None:
+        await self._update(
+            "UPDATE ers_sagas SET state = $1::jsonb, step = $2, status = NULL, final = FALSE, "
+            "owner = NULL, lease_until = NULL, updated_at = $3 "
+            "WHERE request_id = $4 AND owner IS NULL",
+            state.model_dump_json(),
+            state.step.value,
+            now,
+            state.request_id,
+        )
+
     async def release_all_leases(self) -> int:
         result = await self._pool.execute(
             "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL"

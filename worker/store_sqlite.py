@@ -184,6 +184,13 @@ class SqliteSagaStore:
             (state.model_dump_json(), state.step.value, now, state.request_id, owner),
         )
 
+    async def reopen(self, state: SagaState, now: float) -> None:
+        await self._update(
+            "UPDATE ers_sagas SET state = ?, step = ?, status = NULL, final = 0, owner = NULL, "
+            "lease_until = NULL, updated_at = ? WHERE request_id = ? AND owner IS NULL",
+            (state.model_dump_json(), state.step.value, now, state.request_id),
+        )
+
     async def release_all_leases(self) -> int:
         async with self._lock:
             cursor = await self._db.execute(
