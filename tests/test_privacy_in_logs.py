@@ -1,13 +1,16 @@
-"""A full saga with known patient values: none of them reaches any log line."""
+"""A full saga with known patient values: every log line is JSON, carries the saga's ids, and
+none of those values reaches any line."""
 
 from __future__ import annotations
 
 import logging
 
+import orjson
 import pytest
 
 from tests.harness import TEST_TOKEN, Harness, sample
 from worker.app import guard_library_loggers
+from worker.logs import JsonFormatter
 
 
 async def test_no_patient_identifier_or_token_in_any_log_line(
@@ -32,9 +35,18 @@ async def test_no_patient_identifier_or_token_in_any_log_line(
         "Dear colleague",
     ]
     # The sandbox is e-RS' stand-in, not ours: what it logs is not the worker's to answer for.
-    worker_records = [r for r in caplog.records if not r.name.startswith("sandbox")]
-    assert worker_records, "the worker logged nothing: the test would prove nothing"
-    for record in worker_records:
-        line = f"{record.getMessage()} {record.__dict__}"
+    records = [r for r in caplog.records if not r.name.startswith("sandbox")]
+    formatter = JsonFormatter()
+    lines = [formatter.format(r) for r in records]
+    assert lines, "the worker logged nothing: the test would prove nothing"
+    for record, line in zip(records, lines, strict=True):
+        raw = f"{record.getMessage()} {record.__dict__}"
         for secret in secrets:
-            assert secret not in line, f"{record.name} logged a secret"
+            assert secret not in line, f"{record.name} wrote a secret to its log line"
+            if record.name.startswith("worker"):
+                assert secret not in raw, f"{record.name} passed a secret to the logger"
+    parsed = [orjson.loads(line) for line in lines]
+    steps = [p for p in parsed if p["msg"] == "step ended"]
+    assert {p["step"] for p in steps} >= {"SEARCH", "CREATE", "BOOK_OR_DEFER", "PATIENT_LETTER"}
+    assert all(p["request_id"] == request["request_id"] for p in steps)
+    assert all(p["correlation_id"] and isinstance(p["duration_ms"], int) for p in steps)

@@ -16,6 +16,7 @@ from worker.ers_client import ErsClient, RetryPolicy
 from worker.failpoints import Failpoints
 from worker.fhir_build import specialty_system
 from worker.letter_store import FileLetterStore
+from worker.logs import JsonFormatter
 from worker.metrics import Metrics
 from worker.pipeline import Durability, RequestHandler
 from worker.reference_data import ReferenceData
@@ -126,11 +127,9 @@ async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[Reques
 
 
 def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
     guard_library_loggers()
 
 

@@ -35,6 +35,7 @@ from worker.failpoints import NONE, Failpoints
 from worker.intake import Rejection, parse_request
 from worker.journal import Journal
 from worker.keyed_lock import KeyedLock
+from worker.logs import saga_context
 from worker.metrics import DELAYED, POISONED, PROCESSED, REJECTED, REPLAYED, Metrics
 from worker.ports import LetterStore
 from worker.reference_data import ReferenceData
@@ -175,8 +176,10 @@ class RequestHandler:
                 [event], Fate.DEAD_LETTER, event, reason="INVALID_MESSAGE", result=REJECTED
             )
         assert isinstance(parsed, ReferralRequestV1)
+        correlation_id = msg.correlation_id or msg.message_id or parsed.request_id
         try:
-            return await self._handle_valid(parsed, msg)
+            with saga_context(parsed.request_id, correlation_id):
+                return await self._handle_valid(parsed, msg)
         except LeaseLost:
             # Another replica took the saga over (ours stalled past its lease); it answers.
             log.warning("lease lost", extra={"request_id": parsed.request_id})

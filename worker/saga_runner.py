@@ -14,6 +14,8 @@ means for the saga, in this one place:
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from schemas.events import ErrorInfo, OutcomeStatus, Step
@@ -35,6 +37,7 @@ from worker.privacy import redact, where
 from worker.saga import CallRecord, PendingWrite, SagaState, finish, next_step, transition
 from worker.steps import STEPS, SagaContext, reconcile, refresh_version
 
+log = logging.getLogger("worker.saga")
 Checkpoint = Callable[[SagaState], Awaitable[None]]
 MAX_VERSION_CONFLICTS = 3
 
@@ -84,6 +87,7 @@ async def run_saga(
     conflicts = 0
     while state.running:
         step = state.step
+        started = time.perf_counter()
         if metrics is not None:
             metrics.step_attempts.labels(step.value).inc()
         try:
@@ -114,6 +118,17 @@ async def run_saga(
                 state = _with_history(state, step, drain_calls())
         if metrics is not None:
             _count_failure(metrics, step, state)
+        log.info(
+            "step ended",
+            extra={
+                "request_id": state.request_id,
+                "correlation_id": state.correlation_id,
+                "step": step.value,
+                "duration_ms": int((time.perf_counter() - started) * 1000),
+                "status": (state.status.value if state.status else None)
+                or ("WAITING" if state.waiting else "NEXT:" + state.step.value),
+            },
+        )
         await checkpoint(state)
     return state
 
