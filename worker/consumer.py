@@ -61,7 +61,9 @@ _SECRET_HEADERS = frozenset({TOKEN_HEADER, EXPIRES_HEADER})
 DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 
-def event_message(event: Event, correlation_id: str | None) -> aio_pika.Message:
+def event_message(
+    event: Event, correlation_id: str | None, trace_headers: Mapping[str, str]
+) -> aio_pika.Message:
     return aio_pika.Message(
         body=event.model_dump_json().encode(),
         content_type="application/json",
@@ -71,7 +73,7 @@ def event_message(event: Event, correlation_id: str | None) -> aio_pika.Message:
         correlation_id=correlation_id or event.correlation_id,
         type=event.event_type,
         timestamp=event.occurred_at,
-        headers={"x-ers-schema-version": event.schema_version},
+        headers={"x-ers-schema-version": event.schema_version, **trace_headers},
     )
 
 
@@ -270,7 +272,7 @@ class Worker:
         topology = self.topology
         metrics = self.metrics
         for event in handled.events:
-            body = event_message(event, message.correlation_id)
+            body = event_message(event, message.correlation_id, handled.trace_headers)
             if message.reply_to:
                 await topology.default.publish(body, routing_key=message.reply_to, mandatory=False)
             await topology.events.publish(body, routing_key=routing_key(event), mandatory=False)

@@ -35,6 +35,7 @@ from worker.failpoints import NONE, Failpoints
 from worker.metrics import Metrics, status_class
 from worker.ports import ErsCall, ErsReply
 from worker.tokens import AccessToken
+from worker.tracing import call_span
 
 FHIR_JSON = "application/fhir+json"
 BeforeWrite = Callable[[str], Awaitable[None]]
@@ -196,6 +197,19 @@ class ErsSession:
         if self._token.expired(self._now()):
             raise TokenExpired(f"access token expired before {endpoint}")
         headers["Authorization"] = f"Bearer {self._token.value.get_secret_value()}"
+        with call_span(endpoint.value, headers):
+            return await self._send(endpoint, method, path, body, headers, params, timeout)
+
+    async def _send(
+        self,
+        endpoint: Endpoint,
+        method: str,
+        path: str,
+        body: bytes | None,
+        headers: dict[str, str],
+        params: dict[str, str | int] | None,
+        timeout: float | None,
+    ) -> ErsReply:
         client = self._client
         async with client.limiter:
             started = time.perf_counter()

@@ -15,7 +15,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -44,6 +44,7 @@ from worker.saga_runner import run_saga
 from worker.saga_store import ClaimKind, LeaseLost, SagaStore, is_final, patient_key, resumable
 from worker.steps import SagaContext, SagaOptions
 from worker.tokens import AccessToken, TokenProvider
+from worker.tracing import current_headers, saga_span
 
 log = logging.getLogger("worker.pipeline")
 
@@ -89,6 +90,7 @@ class Handled:
     reason: str = ""
     delay_seconds: float = 0.0
     result: str = PROCESSED
+    trace_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,8 +180,12 @@ class RequestHandler:
         assert isinstance(parsed, ReferralRequestV1)
         correlation_id = msg.correlation_id or msg.message_id or parsed.request_id
         try:
-            with saga_context(parsed.request_id, correlation_id):
-                return await self._handle_valid(parsed, msg)
+            with (
+                saga_context(parsed.request_id, correlation_id),
+                saga_span(msg.headers, parsed.request_id),
+            ):
+                handled = await self._handle_valid(parsed, msg)
+                return replace(handled, trace_headers=current_headers())
         except LeaseLost:
             # Another replica took the saga over (ours stalled past its lease); it answers.
             log.warning("lease lost", extra={"request_id": parsed.request_id})
