@@ -14,7 +14,7 @@ from typing import Any
 import pypdf
 import pytest
 
-from tests.harness import SAMPLES, TEST_TOKEN, Harness, sample
+from tests.harness import SAMPLES, TEST_TOKEN, Harness, mixed_batch, sample
 from worker.saga import TriageRoute
 from worker.working_days import add_working_days
 
@@ -354,3 +354,17 @@ async def test_a_named_clinician_slot_is_booked_with_the_clinician(harness: Harn
     booked = slots[outcome["appointment"]["slot_id"]]
     assert booked["status"] == "busy"
     assert booked["clinician"] == "921600556514"
+
+
+@pytest.mark.worker_settings(concurrency=8)
+async def test_concurrent_bookings_into_one_service_each_get_a_slot(harness: Harness) -> None:
+    free = [s for s in await harness.sandbox.slots("11002") if s["status"] == "free"]
+    batch = mixed_batch(len(free), ["01-dbs-booked.json"])
+    cids = [await harness.publish(r) for r in batch]
+    await harness.wait_until(lambda: all(harness.outcomes(c) for c in cids), timeout=60)
+    await harness.settle()
+
+    outcomes = [harness.outcomes(c)[0] for c in cids]
+    assert [o["path"] for o in outcomes] == ["DBS_BOOKED"] * len(free)
+    assert len({o["appointment"]["slot_id"] for o in outcomes}) == len(free)
+    assert all(s["status"] == "busy" for s in await harness.sandbox.slots("11002"))

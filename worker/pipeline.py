@@ -42,7 +42,7 @@ from worker.reference_data import ReferenceData
 from worker.saga import SagaState, finish, new_saga
 from worker.saga_runner import run_saga
 from worker.saga_store import ClaimKind, LeaseLost, SagaStore, is_final, patient_key, resumable
-from worker.steps import SagaContext, SagaOptions
+from worker.steps import SagaContext, SagaOptions, SlotClaims
 from worker.tokens import AccessToken, TokenProvider
 from worker.tracing import current_headers, saga_span
 
@@ -148,6 +148,7 @@ class RequestHandler:
         self._now = now
         self._clock = clock
         self._patients = KeyedLock()
+        self._slot_claims = SlotClaims()
 
     async def handle(self, msg: Incoming) -> Handled:
         parsed = parse_request(msg.body)
@@ -282,6 +283,7 @@ class RequestHandler:
             reference=self._reference,
             options=self._options,
             now=self._now,
+            slot_claims=self._slot_claims,
         )
         started = time.monotonic()
         state = await run_saga(

@@ -8,7 +8,7 @@ error means for the saga, in one place.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date, datetime
 from zoneinfo import ZoneInfo
 
@@ -47,6 +47,23 @@ class SagaOptions:
     max_booking_attempts: int = 3
 
 
+class SlotClaims:
+    """Slots a saga of this process is booking right now: other sagas here pick another one
+    instead of racing for it (e-RS would refuse all but one of them)."""
+
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+
+    def take(self, slot_id: str) -> bool:
+        if slot_id in self._held:
+            return False
+        self._held.add(slot_id)
+        return True
+
+    def drop(self, slot_id: str) -> None:
+        self._held.discard(slot_id)
+
+
 @dataclass(frozen=True, slots=True)
 class SagaContext:
     request: ReferralRequestV1
@@ -55,6 +72,7 @@ class SagaContext:
     reference: ReferenceData
     options: SagaOptions
     now: Callable[[], datetime]
+    slot_claims: SlotClaims = field(default_factory=SlotClaims)
 
 
 StepFn = Callable[[SagaState, SagaContext], Awaitable[SagaState]]
@@ -314,37 +332,56 @@ async def _defer(state: SagaState, ctx: SagaContext, reason: str) -> SagaState:
 
 
 async def _book_earliest(state: SagaState, ctx: SagaContext) -> SagaState:
-    slots, total = await _free_slots(state, ctx)
-    if total == 0 or not slots:
-        return await _defer(state, ctx, "NO_SLOTS_AT_SERVICE")
-    candidates = [s for s in slots if _in_window(s, ctx.request.action.booking_window)]
-    if not candidates:
-        # e-RS allows deferral only when the service has no slots at all, so a referral whose
-        # window holds none stays unbooked: the patient books from the letter.
-        return _not_booked(state, "NO_SLOT_IN_WINDOW")
-    for slot in candidates[: ctx.options.max_booking_attempts]:
-        body = fb.book_appointment(
-            **_appointment_args(state, ctx),
-            slot_id=slot.slot_id,
-            start=slot.start,
-            end=slot.end,
-            clinician=slot.clinician,
-        )
+    """Book the earliest free slot in the window. A slot taken by someone else between A015
+    and A016 sends us back to A015 for a fresh list, a bounded number of times; then defer
+    with SLOT_NOT_AVAILABLE, as e-RS prescribes."""
+    tried: set[str] = set()
+    for _ in range(ctx.options.max_booking_attempts):
+        slots, total = await _free_slots(state, ctx)
+        if total == 0 or not slots:
+            reason = "SLOT_NOT_AVAILABLE" if tried else "NO_SLOTS_AT_SERVICE"
+            return await _defer(state, ctx, reason)
+        window = ctx.request.action.booking_window
+        candidates = [s for s in slots if _in_window(s, window) and s.slot_id not in tried]
+        if not candidates:
+            if tried:
+                break
+            # e-RS allows deferral only when the service has no slots at all, so a referral
+            # whose window holds none stays unbooked: the patient books from the letter.
+            return _not_booked(state, "NO_SLOT_IN_WINDOW")
+        claimed = next((c for c in candidates if ctx.slot_claims.take(c.slot_id)), None)
+        # When every one is being booked by another saga here, race for the earliest.
+        slot = claimed or candidates[0]
+        tried.add(slot.slot_id)
         try:
-            reply = await ctx.ers.book_or_defer(body)
+            return await _book(state, ctx, slot)
         except ErsRejected as exc:
-            if exc.code in _SLOT_GONE:
-                continue
-            raise
-        except ErsOutcomeUnknown:
-            # PAS erred or was silent (502/504/timeout). The booking may have been made after
-            # all: look before deferring, as e-RS asks us to defer only when it was not.
-            checked, booked = await check_booking(state, ctx)
-            if booked:
-                return checked
-            return await _defer(checked, ctx, "BOOKING_ATTEMPT_PROBLEM")
-        return _after_appointment(state, appointment_facts(reply.body), slot=slot)
+            if exc.code not in _SLOT_GONE:
+                raise
+        finally:
+            if claimed is not None:
+                ctx.slot_claims.drop(claimed.slot_id)
     return await _defer(state, ctx, "SLOT_NOT_AVAILABLE")
+
+
+async def _book(state: SagaState, ctx: SagaContext, slot: FreeSlot) -> SagaState:
+    body = fb.book_appointment(
+        **_appointment_args(state, ctx),
+        slot_id=slot.slot_id,
+        start=slot.start,
+        end=slot.end,
+        clinician=slot.clinician,
+    )
+    try:
+        reply = await ctx.ers.book_or_defer(body)
+    except ErsOutcomeUnknown:
+        # PAS erred or was silent (502/504/timeout). The booking may have been made after
+        # all: look before deferring, as e-RS asks us to defer only when it was not.
+        checked, booked = await check_booking(state, ctx)
+        if booked:
+            return checked
+        return await _defer(checked, ctx, "BOOKING_ATTEMPT_PROBLEM")
+    return _after_appointment(state, appointment_facts(reply.body), slot=slot)
 
 
 async def book_or_defer(state: SagaState, ctx: SagaContext) -> SagaState:
