@@ -16,6 +16,8 @@ from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from schemas.events import OutcomeStatus, Path
+
 PREFIX = "ers_worker"
 _CODE = re.compile(r"^[A-Z0-9_]{1,48}$")
 
@@ -26,6 +28,15 @@ REJECTED = "rejected"  # invalid message
 DELAYED = "delayed"  # sent to a delay queue
 REQUEUED = "requeued"  # handed back on shutdown
 POISONED = "poisoned"  # last delivery of a message that never settled
+
+
+KNOWN_PARK_REASONS = (
+    "INVALID_MESSAGE",
+    "NEEDS_RECONCILIATION",
+    "UNEXPECTED_RESPONSE",
+    "INTERNAL_ERROR",
+    "REDELIVERY_LIMIT",
+)
 
 
 def bounded_code(code: str | None) -> str:
@@ -134,6 +145,18 @@ class Metrics:
         self.build_info.labels(version=_version(), python=platform.python_version()).set(1)
         self._started: dict[int, float] = {}
         self.oldest_age.set_function(self._oldest)
+        self._zero_known_series()
+
+    def _zero_known_series(self) -> None:
+        """Show every known label set from the start: a series that first appears at 1 is
+        invisible to rate() and increase(), so the first dead letter would go unseen."""
+        for result in (PROCESSED, REPLAYED, REJECTED, DELAYED, REQUEUED, POISONED):
+            self.messages.labels(result)
+        for outcome in OutcomeStatus:
+            for path in [*(p.value.lower() for p in Path), "none"]:
+                self.sagas_finished.labels(outcome.value.lower(), path)
+        for reason in KNOWN_PARK_REASONS:
+            self.dead_lettered.labels(reason)
 
     def _oldest(self) -> float:
         return time.monotonic() - min(self._started.values()) if self._started else 0.0

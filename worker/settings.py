@@ -54,10 +54,11 @@ class Settings(BaseSettings):
         description="Quorum-queue redeliveries before a message is dead-lettered.",
     )
     shutdown_grace_seconds: float = Field(
-        150.0,
+        200.0,
         ge=0,
         validation_alias=_env("SHUTDOWN_GRACE_SECONDS"),
-        description="On SIGTERM, how long in-flight sagas may run on (longer than A016's 2 min).",
+        description="On SIGTERM, how long in-flight sagas may run on (longer than "
+        "ERS_BOOKING_TIMEOUT_SECONDS; the rest resume from their checkpoints elsewhere).",
     )
     ers_base_url: str = Field(
         "https://api.service.nhs.uk/referrals/FHIR",

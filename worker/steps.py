@@ -48,20 +48,24 @@ class SagaOptions:
 
 
 class SlotClaims:
-    """Slots a saga of this process is booking right now: other sagas here pick another one
-    instead of racing for it (e-RS would refuse all but one of them)."""
+    """Slots a saga of this process is booking, or has seen taken: other sagas here pick
+    another one instead of racing for it (e-RS would refuse all but one of them), even from
+    a slot list read before the slot went. The most recent ``limit`` are remembered."""
 
-    def __init__(self) -> None:
-        self._held: set[str] = set()
+    def __init__(self, limit: int = 10_000) -> None:
+        self._held: dict[str, None] = {}
+        self._limit = limit
 
     def take(self, slot_id: str) -> bool:
         if slot_id in self._held:
             return False
-        self._held.add(slot_id)
+        self._held[slot_id] = None
+        if len(self._held) > self._limit:
+            del self._held[next(iter(self._held))]
         return True
 
     def drop(self, slot_id: str) -> None:
-        self._held.discard(slot_id)
+        self._held.pop(slot_id, None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -354,13 +358,16 @@ async def _book_earliest(state: SagaState, ctx: SagaContext) -> SagaState:
         slot = claimed or candidates[0]
         tried.add(slot.slot_id)
         try:
-            return await _book(state, ctx, slot)
+            return await _book(state, ctx, slot)  # booked: the claim stays, the slot is gone
         except ErsRejected as exc:
             if exc.code not in _SLOT_GONE:
+                if claimed is not None:
+                    ctx.slot_claims.drop(claimed.slot_id)
                 raise
-        finally:
+        except BaseException:
             if claimed is not None:
                 ctx.slot_claims.drop(claimed.slot_id)
+            raise
     return await _defer(state, ctx, "SLOT_NOT_AVAILABLE")
 
 
