@@ -35,7 +35,7 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 
 schemas: $(STAMP) ## regenerate schemas/*.schema.json from the models
-	$(BIN)/ers-worker schemas
+	$(BIN)/ers-worker schemas --write
 
 sandbox: $(STAMP) ## the e-RS sandbox alone, on SANDBOX_PORT
 	$(BIN)/ers-sandbox --host 127.0.0.1 --port $(SANDBOX_PORT)
