@@ -60,7 +60,8 @@ async def test_connections_dropped_mid_run(
     distinct = [{o["event_id"] for o in harness.outcomes(c)} for c in cids]
     assert all(len(ids) == 1 for ids in distinct), "a request got two different outcomes"
     outcomes = [harness.outcomes(c)[0] for c in cids]
-    assert [o["status"] for o in outcomes] == ["COMPLETED"] * len(batch)
+    not_completed = [o["error"] for o in outcomes if o["status"] != "COMPLETED"]
+    assert not_completed == []
     referrals = await harness.sandbox.referrals()
     per_patient: dict[str, int] = {}
     for referral in referrals:

@@ -368,3 +368,18 @@ async def test_concurrent_bookings_into_one_service_each_get_a_slot(harness: Har
     assert [o["path"] for o in outcomes] == ["DBS_BOOKED"] * len(free)
     assert len({o["appointment"]["slot_id"] for o in outcomes}) == len(free)
     assert all(s["status"] == "busy" for s in await harness.sandbox.slots("11002"))
+
+
+@pytest.mark.worker_settings(slot_page_size=2)
+async def test_slot_pages_that_vanish_while_paging_end_the_list(harness: Harness) -> None:
+    # Page 2 of the slot list existed when page 1 was read, then went (others booked): e-RS
+    # refuses the page as out of range, and the worker books from what it had read.
+    await harness.sandbox.add_fault(endpoint="A015", status=None, times=1)  # page 1 as is
+    await harness.sandbox.add_fault(endpoint="A015", status=400, times=1, code="INVALID_VALUE")
+
+    _, outcome = await run_one(harness, sample("01-dbs-booked.json"))
+
+    assert outcome["status"] == "COMPLETED", outcome["error"]
+    assert outcome["path"] == "DBS_BOOKED"
+    calls = [(c["endpoint"], c["status"]) for c in await harness.sandbox.requests()]
+    assert calls.count(("A015", 400)) == 1

@@ -266,14 +266,21 @@ async def _free_slots(state: SagaState, ctx: SagaContext) -> tuple[list[FreeSlot
     slots: list[FreeSlot] = []
     total = 0
     for page in range(1, opts.max_slot_pages + 1):
-        reply = await ctx.ers.retrieve_slots(
-            service_id=state.target.service_id,
-            priority=ctx.request.search.priority.value,
-            commissioning_rule_org=state.commissioning_rule_org,
-            page=page,
-            page_size=opts.slot_page_size,
-            named_clinician=ctx.request.search.named_clinician_sds_user_id,
-        )
+        try:
+            reply = await ctx.ers.retrieve_slots(
+                service_id=state.target.service_id,
+                priority=ctx.request.search.priority.value,
+                commissioning_rule_org=state.commissioning_rule_org,
+                page=page,
+                page_size=opts.slot_page_size,
+                named_clinician=ctx.request.search.named_clinician_sds_user_id,
+            )
+        except ErsRejected as exc:
+            # Slots booked by others while we paged can shrink the list under us: a page
+            # past its new end is refused (400 INVALID_VALUE). What we have read is the list.
+            if page > 1 and exc.status == 400 and exc.code == "INVALID_VALUE":
+                break
+            raise
         page_slots, total = slots_from_bundle(reply.body)
         slots.extend(page_slots)
         if not page_slots or len(slots) >= total:
