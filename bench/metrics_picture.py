@@ -24,13 +24,13 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from bench.throughput import ROOT, delete, free_port, give_slots, start_sandbox
+from bench.throughput import ROOT, free_port, give_slots, start_sandbox
 from tests.harness import mixed_batch
 from worker.app import request_handler
 from worker.consumer import Worker
 from worker.settings import Settings
 from worker.tokens import TOKEN_HEADER
-from worker.topology import REQUEST_ROUTING_KEY, Names
+from worker.topology import REQUEST_ROUTING_KEY, Names, remove
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -86,7 +86,7 @@ async def run(amqp_url: str) -> list[tuple[float, Sample]]:
                     series = await drive(settings, worker, root)
                 finally:
                     await worker.stop(grace_seconds=10)
-                    await delete(amqp_url, Names(prefix))
+                    await remove(amqp_url, Names(prefix), delays=settings.retry_delays)
     finally:
         sandbox.terminate()
         await sandbox.wait()

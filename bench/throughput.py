@@ -31,7 +31,7 @@ from worker.app import request_handler
 from worker.consumer import Worker
 from worker.settings import Settings
 from worker.tokens import TOKEN_HEADER
-from worker.topology import REQUEST_ROUTING_KEY, Names
+from worker.topology import REQUEST_ROUTING_KEY, Names, remove
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = {"dbs": "01-dbs-booked.json", "ibs": "03-ibs-shortlisted.json"}
@@ -100,7 +100,7 @@ async def run(requests: int, concurrency: int, path: str, amqp_url: str) -> dict
                     return await drive(amqp_url, Names(prefix), template, requests, concurrency)
                 finally:
                     await worker.stop(grace_seconds=10)
-                    await delete(amqp_url, Names(prefix))
+                    await remove(amqp_url, Names(prefix), delays=settings.retry_delays)
     finally:
         sandbox.terminate()
         await asyncio.wait_for(sandbox.wait(), timeout=10)
@@ -151,20 +151,6 @@ async def drive(
         "worker_cpu_ms_per_request": round(cpu * 1000 / requests, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-
-
-async def delete(amqp_url: str, names: Names) -> None:
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        for queue in (names.requests_queue, names.dead_letter_queue):
-            await channel.queue_delete(queue)
-        for exchange in (
-            names.requests_exchange,
-            names.events_exchange,
-            names.dead_letter_exchange,
-        ):
-            await channel.exchange_delete(exchange)
 
 
 def main() -> int:

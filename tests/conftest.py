@@ -23,7 +23,7 @@ from tests.harness import Harness
 from worker.app import request_handler
 from worker.consumer import Worker
 from worker.settings import Settings
-from worker.topology import Names
+from worker.topology import Names, remove
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 
@@ -149,16 +149,4 @@ async def harness(
 
 
 async def delete_topology(amqp_url: str, settings: Settings) -> None:
-    names = Names(settings.topology_prefix)
-    connection = await aio_pika.connect(amqp_url)
-    async with connection:
-        channel = await connection.channel()
-        delays = [names.delay_queue(d) for d in settings.retry_delays]
-        for queue in (names.requests_queue, names.dead_letter_queue, *delays):
-            await channel.queue_delete(queue)
-        for exchange in (
-            names.requests_exchange,
-            names.events_exchange,
-            names.dead_letter_exchange,
-        ):
-            await channel.exchange_delete(exchange)
+    await remove(amqp_url, Names(settings.topology_prefix), delays=settings.retry_delays)

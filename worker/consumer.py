@@ -102,7 +102,8 @@ def parked_headers(headers: Mapping[str, Any], handled: Handled) -> dict[str, An
     return kept
 
 
-def _copy(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The message again, persistent, with these headers (parked, delayed or replayed)."""
     return aio_pika.Message(
         body=message.body,
         headers=headers,
@@ -277,7 +278,7 @@ class Worker:
                 await topology.default.publish(body, routing_key=message.reply_to, mandatory=False)
             await topology.events.publish(body, routing_key=routing_key(event), mandatory=False)
         if handled.fate is Fate.DEAD_LETTER:
-            parked = _copy(message, parked_headers(message.headers or {}, handled))
+            parked = copy_message(message, parked_headers(message.headers or {}, handled))
             await topology.dead_letters.publish(parked, routing_key="", mandatory=False)
             metrics.dead_lettered.labels(bounded_code(handled.reason)).inc()
         elif handled.fate is Fate.DELAY:
@@ -286,7 +287,7 @@ class Worker:
             headers[ATTEMPT_HEADER] = attempt_of(headers) + 1
             headers.setdefault(FIRST_SEEN_HEADER, time.time())
             queue = topology.names.delay_queue(handled.delay_seconds)
-            await topology.default.publish(_copy(message, headers), routing_key=queue)
+            await topology.default.publish(copy_message(message, headers), routing_key=queue)
             metrics.delayed.labels(f"{handled.delay_seconds:g}", bounded_code(handled.reason)).inc()
         await message.ack()
         metrics.messages.labels(handled.result).inc()

@@ -22,7 +22,7 @@ from worker.app import request_handler
 from worker.consumer import Worker
 from worker.settings import Settings
 from worker.tokens import TOKEN_HEADER
-from worker.topology import REQUEST_ROUTING_KEY, Names
+from worker.topology import REQUEST_ROUTING_KEY, Names, remove
 
 DEMO_PREFIX = "ers-demo"
 DEMO_TOKEN = "demo-user-token"
@@ -114,31 +114,14 @@ async def run_demo(settings: Settings, sample_paths: list[str], timeout: float) 
                 rows = await _publish_and_collect(url, samples, timeout, settings.letters_dir)
             finally:
                 await worker.stop(grace_seconds=10)
-                await _remove_topology(url, demo_settings)
+                # The demo's queues go with it: a later version never meets stale ones.
+                await remove(url, Names(DEMO_PREFIX), delays=demo_settings.retry_delays)
     missing = [sample for (sample, _), row in zip(samples, rows, strict=True) if not row]
     if missing:
         print(f"no outcome within {timeout:.0f}s for: {', '.join(missing)}", file=sys.stderr)
         return 1
     print(f"{len(rows)} requests, {len(rows)} terminal outcomes")
     return 0
-
-
-async def _remove_topology(url: str, settings: Settings) -> None:
-    """The demo's queues go with it, so a later version's topology never meets stale ones."""
-    names = Names(settings.topology_prefix)
-    connection = await aio_pika.connect(url)
-    async with connection:
-        channel = await connection.channel()
-        queues = [names.requests_queue, names.dead_letter_queue]
-        queues += [names.delay_queue(d) for d in settings.retry_delays]
-        for queue in queues:
-            await channel.queue_delete(queue)
-        for exchange in (
-            names.requests_exchange,
-            names.events_exchange,
-            names.dead_letter_exchange,
-        ):
-            await channel.exchange_delete(exchange)
 
 
 async def _publish_and_collect(

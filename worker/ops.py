@@ -21,6 +21,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from tqdm import tqdm
 
 from worker.app import open_store
+from worker.consumer import copy_message
 from worker.pipeline import ATTEMPT_HEADER, FIRST_SEEN_HEADER
 from worker.saga_store import StoredSaga
 from worker.settings import Settings
@@ -259,16 +260,7 @@ async def replay(
                 if token:
                     headers[TOKEN_HEADER] = token
                 await exchange.publish(
-                    aio_pika.Message(
-                        body=message.body,
-                        headers=headers,
-                        content_type=message.content_type,
-                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                        message_id=message.message_id,
-                        correlation_id=message.correlation_id,
-                        reply_to=message.reply_to,
-                    ),
-                    routing_key=REQUEST_ROUTING_KEY,
+                    copy_message(message, headers), routing_key=REQUEST_ROUTING_KEY
                 )
                 await message.ack()  # only once the copy is confirmed in the work queue
                 replayed.append(parked.message_id)

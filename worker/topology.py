@@ -169,3 +169,23 @@ async def declare(
         names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
     return Topology(names, requests, events, dlx, channel.default_exchange)
+
+
+async def remove(amqp_url: str, names: Names, *, delays: tuple[float, ...]) -> None:
+    """Delete everything ``declare`` made under these names (demo, tests and benchmarks only:
+    a deployment's queues hold referrals and are never removed by the worker)."""
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (
+            names.requests_queue,
+            names.dead_letter_queue,
+            *(names.delay_queue(d) for d in delays),
+        ):
+            await channel.queue_delete(queue)
+        for exchange in (
+            names.requests_exchange,
+            names.events_exchange,
+            names.dead_letter_exchange,
+        ):
+            await channel.exchange_delete(exchange)
