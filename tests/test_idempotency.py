@@ -71,3 +71,30 @@ async def test_requests_for_one_patient_take_turns_others_do_not_wait(
     first_of_other = min(i for i, c in enumerate(order) if c == cids[2])
     assert first_of_other < last_of_first
     assert all(harness.outcomes(c)[0]["status"] == "COMPLETED" for c in cids)
+
+
+async def test_a_request_id_reused_for_another_patient_is_refused(harness: Harness) -> None:
+    first = sample("03-ibs-shortlisted.json")
+    other = sample("03-ibs-shortlisted.json", request_id=first["request_id"])
+    other["patient"] = {"nhs_number": "9434765919"}
+    cid_first = await harness.publish(first)
+    cid_other = await harness.publish(other)
+    await harness.wait_until(
+        lambda: bool(harness.outcomes(cid_first) and harness.outcomes(cid_other))
+    )
+    await harness.settle()
+
+    assert harness.outcomes(cid_first)[0]["status"] == "COMPLETED"
+    refused = harness.outcomes(cid_other)[0]
+    assert refused["status"] == "REJECTED"
+    assert [e["field"] for e in refused["validation_errors"]] == ["request_id"]
+    assert [p.headers["x-ers-reason"] for p in harness.parked] == ["REQUEST_ID_REUSED"]
+    referred = {r["nhs_number"] for r in await harness.sandbox.referrals()}
+    assert "9434765919" not in referred
+
+
+async def test_a_finished_request_is_answered_again_without_a_token(harness: Harness) -> None:
+    request = sample("03-ibs-shortlisted.json")
+    original = await harness.outcome(await harness.publish(request))
+    again = await harness.outcome(await harness.publish(request, token=None))
+    assert again == original

@@ -252,18 +252,24 @@ class Worker:
                     return
                 incoming = self._incoming(message)
                 if self._last_delivery(message):
-                    handled = self._handler.poisoned(incoming)
+                    handled = await self._handler.poisoned(incoming)
                 else:
                     handled = await self._handler.handle(incoming)
+                if handled.fate is Fate.REQUEUE:
+                    await self._requeue(message)
+                    return
                 await self._settle(message, handled)
         except asyncio.CancelledError:
             # Shutdown ran out of grace: hand the message back; the saga resumes elsewhere.
             await self._requeue(message)
             raise
         except Exception as exc:
-            # Publishing or acking failed (broker gone): leave it unacknowledged; the broker
-            # redelivers when the channel closes, and its delivery limit stops a loop.
+            # Publishing or acking failed (broker gone), or the saga store did: hand the
+            # message back, after a pause so that a store outage is not a hot loop. If the
+            # channel is gone the broker requeues it anyway; its delivery limit stops a loop.
             log.error("message not settled", extra={"error": type(exc).__name__})
+            await asyncio.sleep(1.0)
+            await self._requeue(message)
 
     def _last_delivery(self, message: AbstractIncomingMessage) -> bool:
         count = (message.headers or {}).get(DELIVERY_COUNT_HEADER, 0)
@@ -303,6 +309,7 @@ class Worker:
         """Stop taking messages, let running sagas finish within the grace, requeue the rest."""
         grace = self._settings.shutdown_grace_seconds if grace_seconds is None else grace_seconds
         self._stopping = True
+        self._handler.stopping = True
         for check in set(self._checks):
             check.cancel()
         if self._topology is not None and self._consumer_tag is not None:

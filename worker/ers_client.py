@@ -29,7 +29,13 @@ from tenacity import (
 )
 
 from schemas.referral_request import ActingUser
-from worker.errors import ErsRateLimited, ErsTransientError, ErsUnexpected, TokenExpired
+from worker.errors import (
+    ErsOutcomeUnknown,
+    ErsRateLimited,
+    ErsTransientError,
+    ErsUnexpected,
+    TokenExpired,
+)
 from worker.ers_classify import Endpoint, classify_status, classify_transport
 from worker.failpoints import NONE, Failpoints
 from worker.metrics import Metrics, status_class
@@ -233,7 +239,10 @@ class ErsSession:
             try:
                 reply = self._reply(response, request_id)
             except orjson.JSONDecodeError:
-                error = ErsUnexpected(endpoint, response.status_code, "UNREADABLE_BODY")
+                # A state-changing call that succeeded but cannot be read has had its effect
+                # with facts we did not get: reconcile, never repeat.
+                kind = ErsOutcomeUnknown if endpoint.changes_state else ErsUnexpected
+                error = kind(endpoint, response.status_code, "UNREADABLE_BODY")
                 self._record(endpoint, response.status_code, at, started, request_id, error.code)
                 raise error from None
             self._record(endpoint, response.status_code, at, started, request_id, None)

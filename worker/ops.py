@@ -20,6 +20,7 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from tqdm import tqdm
 
+from schemas.events import OutcomeStatus
 from worker.app import open_store
 from worker.consumer import copy_message
 from worker.pipeline import ATTEMPT_HEADER, FIRST_SEEN_HEADER
@@ -28,6 +29,7 @@ from worker.settings import Settings
 from worker.tokens import TOKEN_HEADER
 from worker.topology import REQUEST_ROUTING_KEY, Names
 
+_REOPENABLE = frozenset({OutcomeStatus.NEEDS_RECONCILIATION, OutcomeStatus.FAILED})
 # Headers the broker or a delay trip adds, which a replayed message must start without.
 _RESET_HEADERS = frozenset({"x-delivery-count", "x-death", ATTEMPT_HEADER, FIRST_SEEN_HEADER})
 
@@ -251,7 +253,8 @@ async def replay(
                     continue
                 if store is not None and parked.request_id != "-":
                     saga = await store.load(parked.request_id)
-                    if saga is not None:
+                    # Only a saga a person must finish is reopened; a completed one never is.
+                    if saga is not None and saga.state.status in _REOPENABLE:
                         await store.reopen(
                             saga.state.model_copy(update={"pending": None}), time.time()
                         )

@@ -36,12 +36,28 @@ from worker.intake import Rejection, parse_request
 from worker.journal import Journal
 from worker.keyed_lock import KeyedLock
 from worker.logs import saga_context
-from worker.metrics import DELAYED, POISONED, PROCESSED, REJECTED, REPLAYED, Metrics
+from worker.metrics import (
+    DELAYED,
+    POISONED,
+    PROCESSED,
+    REJECTED,
+    REPLAYED,
+    REQUEUED,
+    Metrics,
+)
 from worker.ports import LetterStore
 from worker.reference_data import ReferenceData
 from worker.saga import SagaState, finish, new_saga
 from worker.saga_runner import run_saga
-from worker.saga_store import ClaimKind, LeaseLost, SagaStore, is_final, patient_key, resumable
+from worker.saga_store import (
+    ClaimKind,
+    LeaseLost,
+    SagaStore,
+    is_final,
+    patient_key,
+    request_fingerprint,
+    resumable,
+)
 from worker.steps import SagaContext, SagaOptions, SlotClaims
 from worker.tokens import AccessToken, TokenProvider
 from worker.tracing import current_headers, saga_span
@@ -63,6 +79,7 @@ class Fate(StrEnum):
     ACK = "ack"
     DEAD_LETTER = "dead_letter"
     DELAY = "delay"
+    REQUEUE = "requeue"
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +165,7 @@ class RequestHandler:
         self._now = now
         self._clock = clock
         self._patients = KeyedLock()
+        self.stopping = False
         self._slot_claims = SlotClaims()
 
     async def handle(self, msg: Incoming) -> Handled:
@@ -188,18 +206,26 @@ class RequestHandler:
                 handled = await self._handle_valid(parsed, msg)
                 return replace(handled, trace_headers=current_headers())
         except LeaseLost:
-            # Another replica took the saga over (ours stalled past its lease); it answers.
+            # Another replica took the saga over (ours stalled past its lease). Come back
+            # later: by then it has an outcome to answer with, or the saga resumes here.
             log.warning("lease lost", extra={"request_id": parsed.request_id})
-            return Handled([], Fate.ACK, reason="LEASE_LOST")
+            delay = self._durable.retry_delays[0]
+            return Handled([], Fate.DELAY, reason="LEASE_LOST", delay_seconds=delay, result=DELAYED)
 
     async def store_ping(self) -> None:
         await self._durable.store.ping()
 
-    def poisoned(self, msg: Incoming) -> Handled:
+    async def poisoned(self, msg: Incoming) -> Handled:
         """The message's last delivery before the broker gives up on it: earlier deliveries
         ended without settling (the worker died or lost the broker each time). Park it, with
-        an outcome, rather than risk a fourth crash and the broker parking it with its token."""
+        an outcome, rather than risk a fourth crash and the broker parking it with its token.
+        A saga that did finish is answered with its stored outcome instead."""
         parsed = parse_request(msg.body)
+        if parsed.request_id is not None:
+            saga = await self._durable.store.load(parsed.request_id)
+            if saga is not None and saga.final and saga.outcome is not None:
+                stored = OutcomeEventV1.model_validate_json(saga.outcome)
+                return Handled([stored], Fate.ACK, stored, result=REPLAYED)
         event = OutcomeEventV1(
             event_id=_new_id(),
             request_id=parsed.request_id,
@@ -221,39 +247,73 @@ class RequestHandler:
 
     async def _handle_valid(self, request: ReferralRequestV1, msg: Incoming) -> Handled:
         correlation_id = msg.correlation_id or msg.message_id or request.request_id
-        token = self._tokens.token_for(msg.headers)
-        if token is None or token.expired(self._now()):
-            why = "no access token in the message" if token is None else "access token expired"
-            error = ErrorInfo(
-                step=Step.REFERENCE_DATA,
-                code="TOKEN_MISSING" if token is None else "TOKEN_EXPIRED",
-                text=f"{why}: re-send with a fresh CIS2 token",
-                retryable=True,
-            )
-            event = self._outcome_without_saga(request, correlation_id, error)
-            self._count(event)
-            return Handled([event], Fate.ACK, event)
         durable = self._durable
         key = patient_key(request.patient.nhs_number, durable.patient_key_secret)
         # Same-patient requests queue up here rather than bouncing through delay queues.
         async with self._patients.hold(key):
+            if self.stopping:  # stop() began while this one waited for its patient
+                return Handled([], Fate.REQUEUE, reason="STOPPING", result=REQUEUED)
             claim = await durable.store.claim(
                 new_saga(request.request_id, correlation_id),
                 key,
                 durable.owner,
                 durable.lease_seconds,
                 self._clock(),
+                request_fingerprint(msg.body, durable.patient_key_secret),
             )
+            if claim.kind is ClaimKind.REUSED:
+                return self._reused(request, msg, correlation_id)
             if claim.kind is ClaimKind.FINISHED:
+                # A finished request is answered again without e-RS, so without a token.
                 assert claim.outcome is not None
                 stored = OutcomeEventV1.model_validate_json(claim.outcome)
                 log.info("replayed outcome", extra={"request_id": request.request_id})
                 return Handled([stored], Fate.ACK, stored, result=REPLAYED)
             if claim.kind in (ClaimKind.BUSY_REQUEST, ClaimKind.BUSY_PATIENT):
-                return self._busy(request, msg, token, claim.kind, correlation_id)
+                return self._busy(request, msg, claim.kind, correlation_id)
             assert claim.state is not None
+            token = self._tokens.token_for(msg.headers)
+            if token is None or token.expired(self._now()):
+                await durable.store.release(claim.state, durable.owner, self._clock())
+                return self._no_token(request, correlation_id, token)
             start = resumable(claim.state) if claim.kind is ClaimKind.RESUMED else claim.state
             return await self._run(request, msg, token, start, correlation_id)
+
+    def _no_token(
+        self, request: ReferralRequestV1, correlation_id: str, token: AccessToken | None
+    ) -> Handled:
+        why = "no access token in the message" if token is None else "access token expired"
+        error = ErrorInfo(
+            step=Step.REFERENCE_DATA,
+            code="TOKEN_MISSING" if token is None else "TOKEN_EXPIRED",
+            text=f"{why}: re-send with a fresh CIS2 token",
+            retryable=True,
+        )
+        event = self._outcome_without_saga(request, correlation_id, error)
+        self._count(event)
+        return Handled([event], Fate.ACK, event)
+
+    def _reused(self, request: ReferralRequestV1, msg: Incoming, correlation_id: str) -> Handled:
+        """The request id names another request already: refuse, never run or answer it."""
+        event = outcomes.rejected(
+            [
+                FieldError(
+                    field="request_id",
+                    problem="already used for a different request; an id is referred once",
+                    type="request_id_reused",
+                )
+            ],
+            request_id=request.request_id,
+            correlation_id=correlation_id,
+            source_system=request.source_system,
+            event_id=_new_id(),
+            now=self._now(),
+        )
+        self._count(event)
+        log.warning("request id reused", extra={"request_id": request.request_id})
+        return Handled(
+            [event], Fate.DEAD_LETTER, event, reason="REQUEST_ID_REUSED", result=REJECTED
+        )
 
     async def _run(
         self,
@@ -349,12 +409,7 @@ class RequestHandler:
         )
 
     def _busy(
-        self,
-        request: ReferralRequestV1,
-        msg: Incoming,
-        token: AccessToken,
-        kind: ClaimKind,
-        correlation_id: str,
+        self, request: ReferralRequestV1, msg: Incoming, kind: ClaimKind, correlation_id: str
     ) -> Handled:
         delays = self._durable.retry_delays
         delay = delays[min(msg.attempt, len(delays) - 1)]

@@ -35,7 +35,7 @@ from worker.metrics import Metrics, bounded_code
 from worker.ports import ErsCall
 from worker.privacy import redact, where
 from worker.saga import CallRecord, PendingWrite, SagaState, finish, next_step, transition
-from worker.steps import STEPS, SagaContext, reconcile, refresh_version
+from worker.steps import STEPS, SagaContext, check_booking, reconcile, refresh_version
 
 log = logging.getLogger("worker.saga")
 Checkpoint = Callable[[SagaState], Awaitable[None]]
@@ -101,6 +101,10 @@ async def run_saga(
             conflicts += 1
             if conflicts > MAX_VERSION_CONFLICTS:
                 state = finish(state, OutcomeStatus.FAILED, error_info(step, exc))
+            elif step is Step.BOOK_OR_DEFER:
+                # The referral changed under us: maybe our own booking or deferral landed
+                # after a call that seemed to fail. Look before booking again.
+                state = await _guarded(_check_then_move_on, state, ctx, step)
             else:
                 state = await _guarded(refresh_version, state, ctx, step)
         except ErsOutcomeUnknown as exc:
@@ -154,6 +158,13 @@ async def _guarded(
         return state.model_copy(update={"waiting": error_info(step, exc)})
     except SagaError as exc:
         return finish(state, status_for(exc), error_info(step, exc))
+
+
+async def _check_then_move_on(state: SagaState, ctx: SagaContext) -> SagaState:
+    checked, arranged = await check_booking(state, ctx)
+    if not arranged:
+        return checked
+    return transition(checked, next_step(checked, ctx.request, ctx.options.triage_route))
 
 
 def internal_error(step: Step, exc: BaseException) -> ErrorInfo:

@@ -31,6 +31,7 @@ class ClaimKind(StrEnum):
     FINISHED = "finished"
     BUSY_REQUEST = "busy_request"
     BUSY_PATIENT = "busy_patient"
+    REUSED = "reused"  # the request id was first used for a different request
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +52,7 @@ class StoredSaga:
     claims: int
     created_at: float
     updated_at: float
+    fingerprint: str | None = None
 
 
 class LeaseLost(RuntimeError):
@@ -59,7 +61,13 @@ class LeaseLost(RuntimeError):
 
 class SagaStore(Protocol):
     async def claim(
-        self, initial: SagaState, patient_key: str, owner: str, lease_seconds: float, now: float
+        self,
+        initial: SagaState,
+        patient_key: str,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+        fingerprint: str = "",
     ) -> Claim:
         """Take the saga of ``initial.request_id`` (stored as ``initial`` when new)."""
         ...
@@ -99,6 +107,11 @@ def is_final(state: SagaState) -> bool:
 def patient_key(nhs_number: str, secret: bytes) -> str:
     """A keyed hash: equal for one patient, useless for finding the number without the key."""
     return hmac.new(secret, nhs_number.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def request_fingerprint(body: bytes, secret: bytes) -> str:
+    """A keyed hash of the request body: tells a re-send from a new request re-using its id."""
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 
 def resumable(state: SagaState) -> SagaState:

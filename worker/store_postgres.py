@@ -23,6 +23,7 @@ CREATE TABLE IF NOT EXISTS ers_sagas (
     final        BOOLEAN NOT NULL DEFAULT FALSE,
     outcome      BYTEA,
     patient_key  TEXT,
+    fingerprint  TEXT,
     owner        TEXT,
     lease_until  DOUBLE PRECISION,
     claims       INTEGER NOT NULL DEFAULT 0,
@@ -35,7 +36,7 @@ CREATE INDEX IF NOT EXISTS ers_sagas_patient ON ers_sagas (patient_key)
 
 _COLUMNS = (
     "request_id, state::text AS state, final, outcome, owner, lease_until, claims, "
-    "created_at, updated_at"
+    "created_at, updated_at, fingerprint"
 )
 
 
@@ -50,6 +51,7 @@ def _stored(row: asyncpg.Record) -> StoredSaga:
         claims=row["claims"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        fingerprint=row["fingerprint"],
     )
 
 
@@ -85,7 +87,13 @@ class PostgresSagaStore:
         await self._pool.fetchval("SELECT 1")
 
     async def claim(
-        self, initial: SagaState, patient_key: str, owner: str, lease_seconds: float, now: float
+        self,
+        initial: SagaState,
+        patient_key: str,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+        fingerprint: str = "",
     ) -> Claim:
         request_id = initial.request_id
         async with self._pool.acquire() as conn, conn.transaction():
@@ -94,9 +102,11 @@ class PostgresSagaStore:
                 f"SELECT {_COLUMNS} FROM ers_sagas WHERE request_id = $1 FOR UPDATE", request_id
             )
             stored = _stored(row) if row else None
+            if stored and stored.fingerprint and stored.fingerprint != fingerprint:
+                return Claim(ClaimKind.REUSED, stored.state)
             if stored and stored.final:
                 return Claim(ClaimKind.FINISHED, stored.state, stored.outcome)
-            if stored and stored.owner not in (None, owner) and (stored.lease_until or 0) > now:
+            if stored and stored.owner is not None and (stored.lease_until or 0) > now:
                 return Claim(ClaimKind.BUSY_REQUEST, stored.state)
             other = await conn.fetchval(
                 "SELECT 1 FROM ers_sagas WHERE patient_key = $1 AND request_id <> $2 "
@@ -121,8 +131,8 @@ class PostgresSagaStore:
                 return Claim(ClaimKind.RESUMED, stored.state)
             inserted = await conn.execute(
                 "INSERT INTO ers_sagas (request_id, state, step, patient_key, owner, "
-                "lease_until, claims, created_at, updated_at) "
-                "VALUES ($1, $2::jsonb, $3, $4, $5, $6, 1, $7, $7) "
+                "lease_until, claims, created_at, updated_at, fingerprint) "
+                "VALUES ($1, $2::jsonb, $3, $4, $5, $6, 1, $7, $7, $8) "
                 "ON CONFLICT (request_id) DO NOTHING",
                 request_id,
                 initial.model_dump_json(),
@@ -131,6 +141,7 @@ class PostgresSagaStore:
                 owner,
                 lease_until,
                 now,
+                fingerprint or None,
             )
             if inserted.endswith(" 0"):
                 # Another replica inserted it between our read and our insert.

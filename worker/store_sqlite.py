@@ -27,6 +27,7 @@ CREATE TABLE IF NOT EXISTS ers_sagas (
     final        INTEGER NOT NULL DEFAULT 0,
     outcome      BLOB,
     patient_key  TEXT,
+    fingerprint  TEXT,
     owner        TEXT,
     lease_until  REAL,
     claims       INTEGER NOT NULL DEFAULT 0,
@@ -39,7 +40,7 @@ CREATE INDEX IF NOT EXISTS ers_sagas_patient ON ers_sagas (patient_key)
 
 _SELECT = (
     "SELECT request_id, state, final, outcome, owner, lease_until, claims, created_at, "
-    "updated_at FROM ers_sagas WHERE request_id = ?"
+    "updated_at, fingerprint FROM ers_sagas WHERE request_id = ?"
 )
 
 
@@ -54,6 +55,7 @@ def _stored(row: Any) -> StoredSaga:
         claims=row[6],
         created_at=row[7],
         updated_at=row[8],
+        fingerprint=row[9],
     )
 
 
@@ -80,30 +82,54 @@ class SqliteSagaStore:
             await cursor.fetchone()
 
     async def claim(
-        self, initial: SagaState, patient_key: str, owner: str, lease_seconds: float, now: float
+        self,
+        initial: SagaState,
+        patient_key: str,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+        fingerprint: str = "",
     ) -> Claim:
         db = self._db
-        async with self._lock:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                claim = await self._claim(initial, patient_key, owner, lease_seconds, now)
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
-        return claim
+
+        async def transaction() -> Claim:
+            async with self._lock:
+                await db.execute("BEGIN IMMEDIATE")
+                try:
+                    claim = await self._claim(
+                        initial, patient_key, owner, lease_seconds, now, fingerprint
+                    )
+                except BaseException:
+                    await db.execute("ROLLBACK")
+                    raise
+                await db.execute("COMMIT")
+                return claim
+
+        # Shielded: a cancelled task must not leave a transaction open on the shared
+        # connection, where other tasks' checkpoints would join it.
+        return await asyncio.shield(transaction())
 
     async def _claim(
-        self, initial: SagaState, patient_key: str, owner: str, lease_seconds: float, now: float
+        self,
+        initial: SagaState,
+        patient_key: str,
+        owner: str,
+        lease_seconds: float,
+        now: float,
+        fingerprint: str = "",
     ) -> Claim:
         db = self._db
         request_id = initial.request_id
         async with db.execute(_SELECT, (request_id,)) as cursor:
             row = await cursor.fetchone()
         stored = _stored(row) if row else None
+        if stored and stored.fingerprint and stored.fingerprint != fingerprint:
+            return Claim(ClaimKind.REUSED, stored.state)
         if stored and stored.final:
             return Claim(ClaimKind.FINISHED, stored.state, stored.outcome)
-        if stored and stored.owner not in (None, owner) and (stored.lease_until or 0) > now:
+        # Held by anyone, this replica included: a second delivery of the request must not
+        # run the saga beside the first.
+        if stored and stored.owner is not None and (stored.lease_until or 0) > now:
             return Claim(ClaimKind.BUSY_REQUEST, stored.state)
         async with db.execute(
             "SELECT 1 FROM ers_sagas WHERE patient_key = ? AND request_id <> ? "
@@ -122,7 +148,7 @@ class SqliteSagaStore:
             return Claim(ClaimKind.RESUMED, stored.state)
         await db.execute(
             "INSERT INTO ers_sagas (request_id, state, step, patient_key, owner, lease_until, "
-            "claims, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?)",
+            "claims, created_at, updated_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
             (
                 request_id,
                 initial.model_dump_json(),
@@ -132,6 +158,7 @@ class SqliteSagaStore:
                 lease_until,
                 now,
                 now,
+                fingerprint or None,
             ),
         )
         return Claim(ClaimKind.STARTED, initial)
