@@ -124,3 +124,24 @@ async def test_release_all_leases_frees_every_saga(store: SagaStore) -> None:
     assert (await store.claim(saga("req-1"), ALICE, "new", LEASE, now=101.0)).kind is (
         ClaimKind.RESUMED
     )
+
+
+async def test_a_store_made_before_fingerprints_is_upgraded(tmp_path: Path) -> None:
+    import aiosqlite
+
+    path = tmp_path / "old.db"
+    async with aiosqlite.connect(path) as db:
+        await db.executescript(
+            "CREATE TABLE ers_sagas (request_id TEXT PRIMARY KEY, state TEXT NOT NULL, "
+            "step TEXT NOT NULL, status TEXT, final INTEGER NOT NULL DEFAULT 0, outcome BLOB, "
+            "patient_key TEXT, owner TEXT, lease_until REAL, claims INTEGER NOT NULL DEFAULT 0, "
+            "created_at REAL NOT NULL, updated_at REAL NOT NULL);"
+        )
+    store = await SqliteSagaStore.open(path)
+    try:
+        claim = await store.claim(saga(), ALICE, "a", LEASE, now=100.0, fingerprint="f1")
+        assert claim.kind is ClaimKind.STARTED
+        reused = await store.claim(saga(), ALICE, "b", LEASE, now=200.0, fingerprint="f2")
+        assert reused.kind is ClaimKind.REUSED
+    finally:
+        await store.close()

@@ -32,6 +32,8 @@ CREATE TABLE IF NOT EXISTS ers_sagas (
 );
 CREATE INDEX IF NOT EXISTS ers_sagas_patient ON ers_sagas (patient_key)
     WHERE patient_key IS NOT NULL;
+-- Stores made before the column existed get it on start-up.
+ALTER TABLE ers_sagas ADD COLUMN IF NOT EXISTS fingerprint TEXT;
 """
 
 _COLUMNS = (

@@ -72,6 +72,12 @@ class SqliteSagaStore:
         await db.execute("PRAGMA synchronous=FULL")  # a checkpoint must survive power loss
         await db.execute("PRAGMA busy_timeout=5000")
         await db.executescript(SCHEMA)
+        # Stores made before the column existed get it on start-up (SQLite has no
+        # ADD COLUMN IF NOT EXISTS).
+        async with db.execute("PRAGMA table_info(ers_sagas)") as cursor:
+            columns = {row[1] for row in await cursor.fetchall()}
+        if "fingerprint" not in columns:
+            await db.execute("ALTER TABLE ers_sagas ADD COLUMN fingerprint TEXT")
         return cls(db)
 
     async def close(self) -> None:
