@@ -26,11 +26,11 @@ from pydantic import SecretStr
 
 from bench.throughput import ROOT, free_port, give_slots, start_sandbox
 from tests.harness import mixed_batch
-from worker.app import request_handler
-from worker.consumer import Worker
-from worker.settings import Settings
-from worker.tokens import TOKEN_HEADER
-from worker.topology import REQUEST_ROUTING_KEY, Names, remove
+from worker.messaging.consumer import Worker
+from worker.messaging.tokens import TOKEN_HEADER
+from worker.messaging.topology import REQUEST_ROUTING_KEY, Names, remove
+from worker.ops.app import request_handler
+from worker.ops.settings import Settings
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt

@@ -27,11 +27,11 @@ import httpx
 import orjson
 from pydantic import SecretStr
 
-from worker.app import request_handler
-from worker.consumer import Worker
-from worker.settings import Settings
-from worker.tokens import TOKEN_HEADER
-from worker.topology import REQUEST_ROUTING_KEY, Names, remove
+from worker.messaging.consumer import Worker
+from worker.messaging.tokens import TOKEN_HEADER
+from worker.messaging.topology import REQUEST_ROUTING_KEY, Names, remove
+from worker.ops.app import request_handler
+from worker.ops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = {"dbs": "01-dbs-booked.json", "ibs": "03-ibs-shortlisted.json"}

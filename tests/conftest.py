@@ -20,10 +20,10 @@ from pydantic import SecretStr
 
 from sandbox.testing import SandboxAdmin, SandboxHandle, running_sandbox
 from tests.harness import Harness
-from worker.app import request_handler
-from worker.consumer import Worker
-from worker.settings import Settings
-from worker.topology import Names, remove
+from worker.messaging.consumer import Worker
+from worker.messaging.topology import Names, remove
+from worker.ops.app import request_handler
+from worker.ops.settings import Settings
 
 AMQP_URL = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
 

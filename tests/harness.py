@@ -21,9 +21,9 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from sandbox.testing import SandboxAdmin
 from schemas.nhs_number import is_valid_nhs_number
-from worker.consumer import Worker
-from worker.tokens import TOKEN_HEADER
-from worker.topology import REQUEST_ROUTING_KEY, Names
+from worker.messaging.consumer import Worker
+from worker.messaging.tokens import TOKEN_HEADER
+from worker.messaging.topology import REQUEST_ROUTING_KEY, Names
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TEST_TOKEN = "test-user-token-0123456789"

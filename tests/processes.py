@@ -1,4 +1,4 @@
-"""The worker as a real process (`python -m worker.cli run`), for crash and shutdown tests."""
+"""The worker as a real process (`python -m worker.ops.cli run`), for crash and shutdown tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import os
 import signal
 import sys
 
-from worker.settings import Settings
+from worker.ops.settings import Settings
 
 
 def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
@@ -45,7 +45,7 @@ class WorkerProcess:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "worker.cli",
+            "worker.ops.cli",
             "run",
             env=worker_env(settings, **extra),
             stdout=asyncio.subprocess.DEVNULL,

@@ -24,7 +24,6 @@ from jsonschema import Draft7Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT7
 
-from schemas import asyncapi
 from schemas.events import (
     ErrorInfo,
     LetterInfo,
@@ -34,11 +33,12 @@ from schemas.events import (
     Step,
 )
 from schemas.referral_request import ReferralRequestV1
-from worker.consumer import event_message, parked_headers, routing_key
-from worker.pipeline import Fate, Handled
-from worker.settings import Settings
-from worker.tokens import EXPIRES_HEADER, TOKEN_HEADER
-from worker.topology import Names, definitions
+from worker.messaging import asyncapi
+from worker.messaging.consumer import event_message, parked_headers, routing_key
+from worker.messaging.handler import Fate, Handled
+from worker.messaging.tokens import EXPIRES_HEADER, TOKEN_HEADER
+from worker.messaging.topology import Names, definitions
+from worker.ops.settings import Settings
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
@@ -388,7 +388,7 @@ def assert_valid(schema_name: str, instance: Any) -> None:
 
 def test_committed_file_is_what_the_code_generates() -> None:
     assert asyncapi.OUTPUT.read_bytes() == asyncapi.render(), (
-        "schemas/asyncapi.json is stale: run `python -m schemas.asyncapi`"
+        "schemas/asyncapi.json is stale: run `python -m worker.messaging.asyncapi`"
     )
 
 

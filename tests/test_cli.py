@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.conftest import delete_topology
 from tests.harness import Harness, sample
-from worker.settings import Settings
+from worker.ops.settings import Settings
 
 
 async def test_run_consumes_then_stops_cleanly_on_sigterm(
@@ -31,7 +31,7 @@ async def test_run_consumes_then_stops_cleanly_on_sigterm(
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.cli",
+        "worker.ops.cli",
         "run",
         env=env,
         stdout=asyncio.subprocess.PIPE,
@@ -59,7 +59,7 @@ async def test_demo_says_in_one_line_when_rabbitmq_is_unreachable() -> None:
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.cli",
+        "worker.ops.cli",
         "demo",
         env=env,
         stdout=asyncio.subprocess.PIPE,

@@ -11,8 +11,8 @@ import pytest
 from tests.broker import drop_connections
 from tests.conftest import ReliabilityFigures
 from tests.harness import Harness, mixed_batch
-from worker.settings import Settings
-from worker.topology import Names
+from worker.messaging.topology import Names
+from worker.ops.settings import Settings
 
 SAMPLES = ["01-dbs-booked.json", "03-ibs-shortlisted.json", "05-shortlist-only.json"]
 

@@ -16,9 +16,9 @@ import pytest
 from tests.conftest import ReliabilityFigures
 from tests.harness import Harness, sample
 from tests.processes import WorkerProcess
-from worker.failpoints import ENV
-from worker.settings import Settings
-from worker.topology import Names
+from worker.messaging.topology import Names
+from worker.ops.failpoints import ENV
+from worker.ops.settings import Settings
 
 BOUNDARIES = [
     "SEARCH",

@@ -25,8 +25,8 @@ import pytest
 import yaml
 
 from schemas.referral_request import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS
-from worker.settings import Settings
-from worker.topology import Names, definitions
+from worker.messaging.topology import Names, definitions
+from worker.ops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

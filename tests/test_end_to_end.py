@@ -15,8 +15,8 @@ import pypdf
 import pytest
 
 from tests.harness import SAMPLES, TEST_TOKEN, Harness, mixed_batch, sample
-from worker.saga import TriageRoute
-from worker.working_days import add_working_days
+from worker.saga.state import TriageRoute
+from worker.saga.working_days import add_working_days
 
 
 async def run_one(

@@ -9,7 +9,7 @@ import pytest
 
 from schemas import ActingUser, BusinessFunction, Priority, SearchCriteria, SortBy
 from tests.spec_examples import example
-from worker import fhir_build as fb
+from worker.fhir import build as fb
 
 SPECIALTY_CS = fb.specialty_system("_baseUrl_")
 NHS = "9912003888"

@@ -27,8 +27,8 @@ import httpx
 import pytest
 
 from tests.harness import Harness, mixed_batch, sample
-from worker.metrics import Metrics
-from worker.settings import Settings
+from worker.observability.metrics import Metrics
+from worker.ops.settings import Settings
 
 T = TypeVar("T")
 

@@ -10,7 +10,7 @@ import orjson
 
 from tests.harness import TEST_TOKEN, Harness, sample
 from tests.processes import worker_env
-from worker.settings import Settings
+from worker.ops.settings import Settings
 
 
 async def cli(settings: Settings, *args: str, token: bool = True) -> tuple[int, str, str]:
@@ -18,7 +18,7 @@ async def cli(settings: Settings, *args: str, token: bool = True) -> tuple[int, 
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "worker.cli",
+        "worker.ops.cli",
         *args,
         env=worker_env(settings, **extra),
         stdout=asyncio.subprocess.PIPE,

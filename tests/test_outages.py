@@ -65,7 +65,7 @@ async def test_a_429_storm_is_ridden_out(harness: Harness, reliability: Reliabil
 async def test_a_60_second_outage_then_everything_completes(
     harness: Harness, reliability: ReliabilityFigures, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.INFO, logger="worker.pipeline")
+    caplog.set_level(logging.INFO, logger="worker.messaging.handler")
     for endpoint in ENDPOINTS:
         await harness.sandbox.add_fault(endpoint=endpoint, status=503, times=1_000_000)
     batch = requests(20)

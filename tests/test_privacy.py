@@ -1,4 +1,4 @@
-from worker.privacy import REDACTED, redact, where
+from schemas.privacy import REDACTED, redact, where
 
 
 def test_valid_nhs_numbers_are_redacted_in_any_common_spelling() -> None:

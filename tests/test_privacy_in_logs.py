@@ -9,8 +9,8 @@ import orjson
 import pytest
 
 from tests.harness import TEST_TOKEN, Harness, sample
-from worker.app import guard_library_loggers
-from worker.logs import JsonFormatter
+from worker.observability.logs import JsonFormatter
+from worker.ops.app import guard_library_loggers
 
 
 async def test_no_patient_identifier_or_token_in_any_log_line(

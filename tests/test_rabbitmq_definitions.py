@@ -21,8 +21,8 @@ from typing import Any
 import aio_pika
 import pytest
 
-from worker.settings import Settings
-from worker.topology import REQUEST_ROUTING_KEY, Names, declare
+from worker.messaging.topology import REQUEST_ROUTING_KEY, Names, declare
+from worker.ops.settings import Settings
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
 REAL_PREFIX = "ers."

@@ -13,7 +13,7 @@ import pytest
 
 from schemas.nhs_number import is_valid_nhs_number
 from schemas.referral_request import MAX_ATTACHMENT_BYTES, ReferralRequestV1
-from worker.intake import Rejection, parse_request
+from worker.messaging.intake import Rejection, parse_request
 
 SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 

@@ -14,8 +14,8 @@ from tests.conftest import ReliabilityFigures
 from tests.harness import Harness, mixed_batch
 from tests.processes import WorkerProcess
 from tests.test_saga_store import POSTGRES_DSN
-from worker.failpoints import ENV
-from worker.settings import Settings
+from worker.ops.failpoints import ENV
+from worker.ops.settings import Settings
 
 SAMPLES = ["01-dbs-booked.json", "03-ibs-shortlisted.json"]
 

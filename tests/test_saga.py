@@ -9,7 +9,7 @@ import pytest
 
 from schemas.events import OutcomeStatus, Path, Step
 from schemas.referral_request import IntendedAction, ReferralRequestV1
-from worker.saga import (
+from worker.saga.state import (
     TRANSITIONS,
     IllegalTransition,
     SagaState,

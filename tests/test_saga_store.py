@@ -12,10 +12,10 @@ import asyncpg
 import pytest
 
 from schemas.events import ErrorInfo, OutcomeStatus, Step
-from worker.saga import SagaState, finish, new_saga
-from worker.saga_store import ClaimKind, LeaseLost, SagaStore, is_final, patient_key
-from worker.store_postgres import PostgresSagaStore
-from worker.store_sqlite import SqliteSagaStore
+from worker.saga.state import SagaState, finish, new_saga
+from worker.saga.store import ClaimKind, LeaseLost, SagaStore, is_final, patient_key
+from worker.store.postgres import PostgresSagaStore
+from worker.store.sqlite import SqliteSagaStore
 
 POSTGRES_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:5432/test")
 LEASE = 30.0

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from worker.settings import Settings, env_example
+from worker.ops.settings import Settings, env_example
 
 ENV_EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "worker.env.example"
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import orjson
 
-from worker.settings import Settings
-from worker.topology import Names, definitions
+from worker.messaging.topology import Names, definitions
+from worker.ops.settings import Settings
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
 

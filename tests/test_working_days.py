@@ -2,7 +2,7 @@ from datetime import date
 
 import pytest
 
-from worker.working_days import add_working_days
+from worker.saga.working_days import add_working_days
 
 
 @pytest.mark.parametrize(

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from worker.failpoints import NONE, Failpoints
-from worker.saga import PendingWrite, SagaState
-from worker.saga_store import SagaStore
+from worker.ops.failpoints import NONE, Failpoints
+from worker.saga.state import PendingWrite, SagaState
+from worker.saga.store import SagaStore
 
 
 class Journal:

@@ -7,7 +7,8 @@ from typing import Any
 
 import httpx
 
-from worker.errors import (
+from worker.fhir.read import operation_outcome
+from worker.saga.errors import (
     ErsAuthError,
     ErsConflict,
     ErsError,
@@ -18,7 +19,6 @@ from worker.errors import (
     ErsTransientError,
     ErsUnexpected,
 )
-from worker.fhir_read import operation_outcome
 
 
 class Endpoint(StrEnum):

@@ -15,8 +15,8 @@ from typing import Any
 
 import aiosqlite
 
-from worker.saga import SagaState
-from worker.saga_store import Claim, ClaimKind, LeaseLost, StoredSaga
+from worker.saga.state import SagaState
+from worker.saga.store import Claim, ClaimKind, LeaseLost, StoredSaga
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ers_sagas (

@@ -11,8 +11,8 @@ from typing import Any
 
 import asyncpg
 
-from worker.saga import SagaState
-from worker.saga_store import Claim, ClaimKind, LeaseLost, StoredSaga
+from worker.saga.state import SagaState
+from worker.saga.store import Claim, ClaimKind, LeaseLost, StoredSaga
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ers_sagas (

@@ -16,7 +16,7 @@ as "the worker sends this"):
 Payloads are the pydantic models' JSON Schemas (the same as ``schemas/*.schema.json``), their
 ``$defs`` moved under ``components/schemas``. Names, routing keys and header names come from
 the worker's modules, with the default settings (prefix ``ers``). A test fails when
-``schemas/asyncapi.json`` is stale; regenerate with ``python -m schemas.asyncapi``.
+``schemas/asyncapi.json`` is stale; regenerate with ``python -m worker.messaging.asyncapi``.
 """
 
 from __future__ import annotations
@@ -30,11 +30,10 @@ from pydantic import BaseModel
 
 from schemas.events import OutcomeStatus, Step
 from schemas.export import MODELS, SCHEMA_DIR
-from worker.consumer import DELIVERY_COUNT_HEADER
-from worker.pipeline import ATTEMPT_HEADER, FIRST_SEEN_HEADER
-from worker.settings import Settings
-from worker.tokens import EXPIRES_HEADER, TOKEN_HEADER
-from worker.topology import (
+from worker.messaging.consumer import DELIVERY_COUNT_HEADER
+from worker.messaging.handler import ATTEMPT_HEADER, FIRST_SEEN_HEADER
+from worker.messaging.tokens import EXPIRES_HEADER, TOKEN_HEADER
+from worker.messaging.topology import (
     DEAD_LETTER_QUEUE_ARGUMENTS,
     LETTER_READY_ROUTING_KEY,
     OUTCOME_ROUTING_PREFIX,
@@ -43,6 +42,7 @@ from worker.topology import (
     delay_queue_arguments,
     requests_queue_arguments,
 )
+from worker.ops.settings import Settings
 
 ASYNCAPI_VERSION = "2.6.0"
 OUTPUT = SCHEMA_DIR / "asyncapi.json"
@@ -51,7 +51,7 @@ MESSAGES_REF = "#/components/messages/"
 AMQP_BINDING_VERSION = "0.2.0"
 
 SCHEMA_VERSION_HEADER = "x-ers-schema-version"
-# Set by the worker on a message it parks (worker/consumer.py, parked_headers).
+# Set by the worker on a message it parks (worker/messaging/consumer.py, parked_headers).
 PARKED_HEADERS = (
     "x-ers-reason",
     "x-ers-step",
@@ -100,7 +100,7 @@ def model_schemas(models: list[type[BaseModel]]) -> dict[str, Any]:
 
 
 def _trace_context(description: str) -> dict[str, Any]:
-    """W3C Trace Context headers (worker/tracing.py); OpenTelemetry may add others."""
+    """W3C Trace Context headers (worker/observability/tracing.py); OpenTelemetry may add others."""
     return {
         "traceparent": {
             "type": "string",

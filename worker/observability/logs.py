@@ -17,7 +17,7 @@ from typing import Any
 
 import orjson
 
-from worker.privacy import where
+from schemas.privacy import where
 
 FIELDS = frozenset(
     {

@@ -29,14 +29,12 @@ from schemas.events import (
     Step,
 )
 from schemas.referral_request import ReferralRequestV1
-from worker import outcomes
-from worker.ers_client import ErsClient
-from worker.failpoints import NONE, Failpoints
-from worker.intake import Rejection, parse_request
-from worker.journal import Journal
-from worker.keyed_lock import KeyedLock
-from worker.logs import saga_context
-from worker.metrics import (
+from worker.ers.client import ErsClient
+from worker.messaging.intake import Rejection, parse_request
+from worker.messaging.keyed_lock import KeyedLock
+from worker.messaging.tokens import AccessToken, TokenProvider
+from worker.observability.logs import saga_context
+from worker.observability.metrics import (
     DELAYED,
     POISONED,
     PROCESSED,
@@ -45,11 +43,15 @@ from worker.metrics import (
     REQUEUED,
     Metrics,
 )
-from worker.ports import LetterStore
-from worker.reference_data import ReferenceData
-from worker.saga import SagaState, finish, new_saga
-from worker.saga_runner import run_saga
-from worker.saga_store import (
+from worker.observability.tracing import current_headers, saga_span
+from worker.ops.failpoints import NONE, Failpoints
+from worker.saga import outcomes
+from worker.saga.ports import LetterStore
+from worker.saga.reference_data import ReferenceData
+from worker.saga.runner import run_saga
+from worker.saga.state import SagaState, finish, new_saga
+from worker.saga.steps import SagaContext, SagaOptions, SlotClaims
+from worker.saga.store import (
     ClaimKind,
     LeaseLost,
     SagaStore,
@@ -58,11 +60,9 @@ from worker.saga_store import (
     request_fingerprint,
     resumable,
 )
-from worker.steps import SagaContext, SagaOptions, SlotClaims
-from worker.tokens import AccessToken, TokenProvider
-from worker.tracing import current_headers, saga_span
+from worker.store.journal import Journal
 
-log = logging.getLogger("worker.pipeline")
+log = logging.getLogger("worker.messaging.handler")
 
 Event = OutcomeEventV1 | LetterReadyEventV1
 ATTEMPT_HEADER = "x-ers-attempt"

@@ -9,8 +9,8 @@ from __future__ import annotations
 import asyncio
 import time
 
-from worker.fhir_read import ContactDays, priority_contact_days
-from worker.ports import ErsPort
+from worker.fhir.read import ContactDays, priority_contact_days
+from worker.saga.ports import ErsPort
 
 
 class ReferenceData:

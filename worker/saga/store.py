@@ -22,7 +22,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from schemas.events import OutcomeStatus, Step
-from worker.saga import SagaState
+from worker.saga.state import SagaState
 
 
 class ClaimKind(StrEnum):

@@ -19,7 +19,9 @@ import time
 from collections.abc import Awaitable, Callable
 
 from schemas.events import ErrorInfo, OutcomeStatus, Step
-from worker.errors import (
+from schemas.privacy import redact, where
+from worker.observability.metrics import Metrics, bounded_code
+from worker.saga.errors import (
     ErsAuthError,
     ErsConflict,
     ErsError,
@@ -31,13 +33,11 @@ from worker.errors import (
     SagaError,
     TokenExpired,
 )
-from worker.metrics import Metrics, bounded_code
-from worker.ports import ErsCall
-from worker.privacy import redact, where
-from worker.saga import CallRecord, PendingWrite, SagaState, finish, next_step, transition
-from worker.steps import STEPS, SagaContext, check_booking, reconcile, refresh_version
+from worker.saga.ports import ErsCall
+from worker.saga.state import CallRecord, PendingWrite, SagaState, finish, next_step, transition
+from worker.saga.steps import STEPS, SagaContext, check_booking, reconcile, refresh_version
 
-log = logging.getLogger("worker.saga")
+log = logging.getLogger("worker.saga.runner")
 Checkpoint = Callable[[SagaState], Awaitable[None]]
 MAX_VERSION_CONFLICTS = 3
 

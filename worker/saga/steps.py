@@ -1,7 +1,7 @@
 """The saga's steps: each takes the state and the context and returns the next state.
 
 Steps know e-RS only through ``ErsPort`` and storage only through ``LetterStore``; they know
-nothing of RabbitMQ. They raise the errors of ``worker.errors``; the runner decides what an
+nothing of RabbitMQ. They raise the errors of ``worker.saga.errors``; the runner decides what an
 error means for the saga, in one place.
 """
 
@@ -19,9 +19,8 @@ from schemas.referral_request import (
     IntendedAction,
     ReferralRequestV1,
 )
-from worker import fhir_build as fb
-from worker.errors import BusinessRuleFailure, ErsOutcomeUnknown, ErsRejected, NeedsReconciliation
-from worker.fhir_read import (
+from worker.fhir import build as fb
+from worker.fhir.read import (
     AppointmentFacts,
     FoundService,
     FreeSlot,
@@ -32,10 +31,16 @@ from worker.fhir_read import (
     services_from_search,
     slots_from_bundle,
 )
-from worker.ports import ErsPort, LetterStore
-from worker.reference_data import ReferenceData
-from worker.saga import SagaState, ShortlistedService, TriageRoute, planned_path
-from worker.working_days import add_working_days
+from worker.saga.errors import (
+    BusinessRuleFailure,
+    ErsOutcomeUnknown,
+    ErsRejected,
+    NeedsReconciliation,
+)
+from worker.saga.ports import ErsPort, LetterStore
+from worker.saga.reference_data import ReferenceData
+from worker.saga.state import SagaState, ShortlistedService, TriageRoute, planned_path
+from worker.saga.working_days import add_working_days
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from schemas.events import (
     OutcomeStatus,
     Step,
 )
-from worker.saga import SagaState
+from worker.saga.state import SagaState
 
 
 def from_saga(

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import orjson
 
-from worker.app import configure_logging, request_handler
-from worker.consumer import Worker
-from worker.settings import Settings, env_example
-from worker.topology import Names, definitions
+from worker.messaging.consumer import Worker
+from worker.messaging.topology import Names, definitions
+from worker.ops.app import configure_logging, request_handler
+from worker.ops.settings import Settings, env_example
 
 log = logging.getLogger("worker")
 TOKEN_ENV = "ERS_ACCESS_TOKEN"
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         _print_json(document)
         return 0
     if args.command == "demo":
-        from worker.demo import run_demo
+        from worker.ops.demo import run_demo
 
         # The demo's output is its table; logs only when asked for with LOG_LEVEL.
         configure_logging(os.environ.get("LOG_LEVEL", "ERROR"))
@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _operate(settings: Settings, args: argparse.Namespace) -> int:
-    from worker import ops
+    from worker.ops import tools as ops
 
     token = os.environ.get(TOKEN_ENV)
     if args.command == "submit":
@@ -184,7 +184,7 @@ def _schemas(*, write: bool) -> int:
 
     documents = export.render_all()
     try:
-        from schemas import asyncapi  # written alongside; optional until it lands
+        from worker.messaging import asyncapi  # written alongside; optional until it lands
     except ImportError:
         asyncapi = None  # type: ignore[assignment]
     if write:

@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from worker.saga import TriageRoute
+from worker.saga.state import TriageRoute
 
 
 def _env(name: str) -> AliasChoices:

@@ -21,13 +21,13 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from tqdm import tqdm
 
 from schemas.events import OutcomeStatus
-from worker.app import open_store
-from worker.consumer import copy_message
-from worker.pipeline import ATTEMPT_HEADER, FIRST_SEEN_HEADER
-from worker.saga_store import StoredSaga
-from worker.settings import Settings
-from worker.tokens import TOKEN_HEADER
-from worker.topology import REQUEST_ROUTING_KEY, Names
+from worker.messaging.consumer import copy_message
+from worker.messaging.handler import ATTEMPT_HEADER, FIRST_SEEN_HEADER
+from worker.messaging.tokens import TOKEN_HEADER
+from worker.messaging.topology import REQUEST_ROUTING_KEY, Names
+from worker.ops.app import open_store
+from worker.ops.settings import Settings
+from worker.saga.store import StoredSaga
 
 _REOPENABLE = frozenset({OutcomeStatus.NEEDS_RECONCILIATION, OutcomeStatus.FAILED})
 # Headers the broker or a delay trip adds, which a replayed message must start without.

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker.metrics import Metrics
+from worker.observability.metrics import Metrics
 
 Readiness = Callable[[], Awaitable[list[str]]]
 """Returns the reasons the worker is not ready; empty when it is."""

@@ -29,19 +29,19 @@ from tenacity import (
 )
 
 from schemas.referral_request import ActingUser
-from worker.errors import (
+from worker.ers.classify import Endpoint, classify_status, classify_transport
+from worker.messaging.tokens import AccessToken
+from worker.observability.metrics import Metrics, status_class
+from worker.observability.tracing import call_span
+from worker.ops.failpoints import NONE, Failpoints
+from worker.saga.errors import (
     ErsOutcomeUnknown,
     ErsRateLimited,
     ErsTransientError,
     ErsUnexpected,
     TokenExpired,
 )
-from worker.ers_classify import Endpoint, classify_status, classify_transport
-from worker.failpoints import NONE, Failpoints
-from worker.metrics import Metrics, status_class
-from worker.ports import ErsCall, ErsReply
-from worker.tokens import AccessToken
-from worker.tracing import call_span
+from worker.saga.ports import ErsCall, ErsReply
 
 FHIR_JSON = "application/fhir+json"
 BeforeWrite = Callable[[str], Awaitable[None]]

@@ -18,11 +18,11 @@ import aio_pika
 import orjson
 from yarl import URL
 
-from worker.app import request_handler
-from worker.consumer import Worker
-from worker.settings import Settings
-from worker.tokens import TOKEN_HEADER
-from worker.topology import REQUEST_ROUTING_KEY, Names, remove
+from worker.messaging.consumer import Worker
+from worker.messaging.tokens import TOKEN_HEADER
+from worker.messaging.topology import REQUEST_ROUTING_KEY, Names, remove
+from worker.ops.app import request_handler
+from worker.ops.settings import Settings
 
 DEMO_PREFIX = "ers-demo"
 DEMO_TOKEN = "demo-user-token"

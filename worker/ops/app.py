@@ -12,20 +12,20 @@ from contextlib import asynccontextmanager
 
 import httpx
 
-from worker.ers_client import ErsClient, RetryPolicy
-from worker.failpoints import Failpoints
-from worker.fhir_build import specialty_system
-from worker.letter_store import FileLetterStore
-from worker.logs import JsonFormatter
-from worker.metrics import Metrics
-from worker.pipeline import Durability, RequestHandler
-from worker.reference_data import ReferenceData
-from worker.saga_store import SagaStore
-from worker.settings import Settings
-from worker.steps import SagaOptions
-from worker.store_postgres import PostgresSagaStore
-from worker.store_sqlite import SqliteSagaStore
-from worker.tokens import MessageHeaderTokenProvider, StaticTokenProvider, TokenProvider
+from worker.ers.client import ErsClient, RetryPolicy
+from worker.fhir.build import specialty_system
+from worker.messaging.handler import Durability, RequestHandler
+from worker.messaging.tokens import MessageHeaderTokenProvider, StaticTokenProvider, TokenProvider
+from worker.observability.logs import JsonFormatter
+from worker.observability.metrics import Metrics
+from worker.ops.failpoints import Failpoints
+from worker.ops.settings import Settings
+from worker.saga.reference_data import ReferenceData
+from worker.saga.steps import SagaOptions
+from worker.saga.store import SagaStore
+from worker.store.letters import FileLetterStore
+from worker.store.postgres import PostgresSagaStore
+from worker.store.sqlite import SqliteSagaStore
 
 
 def build_http_client(settings: Settings) -> httpx.AsyncClient:

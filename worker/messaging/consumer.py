@@ -34,9 +34,7 @@ from aio_pika.abc import (
 )
 
 from schemas.events import OutcomeEventV1
-from worker.health import HealthServer
-from worker.metrics import REQUEUED, bounded_code
-from worker.pipeline import (
+from worker.messaging.handler import (
     ATTEMPT_HEADER,
     FIRST_SEEN_HEADER,
     Event,
@@ -46,17 +44,19 @@ from worker.pipeline import (
     RequestHandler,
     attempt_of,
 )
-from worker.settings import Settings
-from worker.tokens import EXPIRES_HEADER, TOKEN_HEADER
-from worker.topology import (
+from worker.messaging.tokens import EXPIRES_HEADER, TOKEN_HEADER
+from worker.messaging.topology import (
     LETTER_READY_ROUTING_KEY,
     OUTCOME_ROUTING_PREFIX,
     Names,
     Topology,
     declare,
 )
+from worker.observability.health import HealthServer
+from worker.observability.metrics import REQUEUED, bounded_code
+from worker.ops.settings import Settings
 
-log = logging.getLogger("worker.consumer")
+log = logging.getLogger("worker.messaging.consumer")
 _SECRET_HEADERS = frozenset({TOKEN_HEADER, EXPIRES_HEADER})
 DELIVERY_COUNT_HEADER = "x-delivery-count"
 

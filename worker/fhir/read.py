@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from worker.fhir_build import ERS_SERVICE, ODS_ORGANIZATION_CODE, SDS_USER_ID
+from worker.fhir.build import ERS_SERVICE, ODS_ORGANIZATION_CODE, SDS_USER_ID
 
 Json = dict[str, Any]
 _SD = "https://fhir.nhs.uk/STU3/StructureDefinition/"
