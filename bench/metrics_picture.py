@@ -20,16 +20,15 @@ from tempfile import TemporaryDirectory
 import aio_pika
 import httpx
 import matplotlib
-import orjson
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
 from bench.throughput import ROOT, free_port, give_slots, start_sandbox
-from tests.harness import mixed_batch
 from worker.messaging.consumer import Worker
-from worker.messaging.tokens import TOKEN_HEADER
-from worker.messaging.topology import REQUEST_ROUTING_KEY, Names, remove
+from worker.messaging.publish import publish_request
+from worker.messaging.topology import Names, remove
 from worker.ops.app import request_handler
+from worker.ops.samples import mixed_batch
 from worker.ops.settings import Settings
 
 matplotlib.use("Agg")
@@ -103,14 +102,12 @@ async def drive(settings: Settings, worker: Worker, root: str) -> list[tuple[flo
         channel = await connection.channel(publisher_confirms=True)
         exchange = await channel.get_exchange(names.requests_exchange)
         for request in batch:
-            await exchange.publish(
-                aio_pika.Message(
-                    body=orjson.dumps(request),
-                    reply_to="amq.rabbitmq.reply-to-unused",
-                    correlation_id=str(uuid.uuid4()),
-                    headers={TOKEN_HEADER: "picture-token"},
-                ),
-                routing_key=REQUEST_ROUTING_KEY,
+            await publish_request(
+                exchange,
+                request,
+                reply_to="amq.rabbitmq.reply-to-unused",
+                correlation_id=str(uuid.uuid4()),
+                token="picture-token",
             )
         start = time.monotonic()
         outage = False

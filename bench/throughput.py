@@ -28,8 +28,8 @@ import orjson
 from pydantic import SecretStr
 
 from worker.messaging.consumer import Worker
-from worker.messaging.tokens import TOKEN_HEADER
-from worker.messaging.topology import REQUEST_ROUTING_KEY, Names, remove
+from worker.messaging.publish import publish_request
+from worker.messaging.topology import Names, remove
 from worker.ops.app import request_handler
 from worker.ops.settings import Settings
 
@@ -120,14 +120,8 @@ async def drive(
         ]
         cpu0, wall0 = time.process_time(), time.perf_counter()
         for i, body in enumerate(bodies):
-            await exchange.publish(
-                aio_pika.Message(
-                    body=body,
-                    correlation_id=str(i),
-                    reply_to=replies.name,
-                    headers={TOKEN_HEADER: "bench-token"},
-                ),
-                routing_key=REQUEST_ROUTING_KEY,
+            await publish_request(
+                exchange, body, reply_to=replies.name, correlation_id=str(i), token="bench-token"
             )
         statuses: dict[str, int] = {}
         outcomes = 0

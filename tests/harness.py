@@ -12,7 +12,6 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -20,40 +19,13 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractQueue
 
 from sandbox.testing import SandboxAdmin
-from schemas.nhs_number import is_valid_nhs_number
 from worker.messaging.consumer import Worker
-from worker.messaging.tokens import TOKEN_HEADER
-from worker.messaging.topology import REQUEST_ROUTING_KEY, Names
+from worker.messaging.publish import publish_request
+from worker.messaging.topology import Names
+from worker.ops.samples import SAMPLES, mixed_batch, nhs_numbers, sample
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
 TEST_TOKEN = "test-user-token-0123456789"
-
-
-def sample(name: str, **changes: Any) -> dict[str, Any]:
-    """A shipped sample request with a fresh request id and top-level fields replaced."""
-    data: dict[str, Any] = orjson.loads((SAMPLES / name).read_bytes())
-    data["request_id"] = f"{data['request_id']}-{uuid.uuid4().hex[:8]}"
-    data.update(changes)
-    return data
-
-
-def nhs_numbers(count: int, start: int = 999_100_000) -> list[str]:
-    """Valid (Modulus 11) NHS numbers in the 999 test range."""
-    found: list[str] = []
-    stem = start
-    while len(found) < count:
-        found.extend(n for n in (f"{stem}{d}" for d in range(10)) if is_valid_nhs_number(n))
-        stem += 1
-    return found[:count]
-
-
-def mixed_batch(count: int, samples: list[str]) -> list[dict[str, Any]]:
-    """``count`` requests cycling through ``samples``, each for a patient of its own (so the
-    one-saga-per-patient rule does not serialise the batch)."""
-    patients = nhs_numbers(count)
-    return [
-        sample(samples[i % len(samples)], patient={"nhs_number": patients[i]}) for i in range(count)
-    ]
+__all__ = ["SAMPLES", "TEST_TOKEN", "Harness", "Received", "mixed_batch", "nhs_numbers", "sample"]
 
 
 @dataclass
@@ -108,24 +80,15 @@ class Harness:
         headers: dict[str, Any] | None = None,
     ) -> str:
         assert self._channel is not None
-        correlation_id = f"corr-{uuid.uuid4().hex}"
-        all_headers: dict[str, Any] = dict(headers or {})
-        if token is not None:
-            all_headers[TOKEN_HEADER] = token
         exchange = await self._channel.get_exchange(self.names.requests_exchange)
-        await exchange.publish(
-            aio_pika.Message(
-                body=body if isinstance(body, bytes) else orjson.dumps(body),
-                content_type="application/json",
-                correlation_id=correlation_id,
-                message_id=str(uuid.uuid4()),
-                reply_to=self.reply_to if reply else None,
-                headers=all_headers,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            ),
-            routing_key=REQUEST_ROUTING_KEY,
+        return await publish_request(
+            exchange,
+            body,
+            reply_to=self.reply_to if reply else None,
+            correlation_id=f"corr-{uuid.uuid4().hex}",
+            token=token,
+            headers=headers,
         )
-        return correlation_id
 
     async def _drain(self, queue: AbstractQueue | None, into: list[Received]) -> None:
         assert queue is not None

@@ -24,7 +24,7 @@ import pytest
 
 from schemas.referral_request import MAX_ATTACHMENT_BYTES
 from tests.harness import TEST_TOKEN, Harness, sample
-from worker.messaging.tokens import TOKEN_HEADER
+from worker.messaging.headers import TOKEN_HEADER
 
 BASE_SAMPLE = "01-dbs-booked.json"
 VALID_SAMPLE = "03-ibs-shortlisted.json"

@@ -21,7 +21,8 @@ from typing import Any
 import aio_pika
 import pytest
 
-from worker.messaging.topology import REQUEST_ROUTING_KEY, Names, declare
+from worker.messaging.headers import REQUEST_ROUTING_KEY
+from worker.messaging.topology import Names, declare
 from worker.ops.settings import Settings
 
 DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"

@@ -12,8 +12,10 @@ import asyncpg
 import pytest
 
 from schemas.events import ErrorInfo, OutcomeStatus, Step
+from worker.saga.claims import patient_key
+from worker.saga.policy import is_final
 from worker.saga.state import SagaState, finish, new_saga
-from worker.saga.store import ClaimKind, LeaseLost, SagaStore, is_final, patient_key
+from worker.saga.store import ClaimKind, LeaseLost, SagaStore
 from worker.store.postgres import PostgresSagaStore
 from worker.store.sqlite import SqliteSagaStore
 

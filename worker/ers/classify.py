@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from typing import Any
 
 import httpx
 
 from worker.fhir.read import operation_outcome
+from worker.fhir.vocabulary import Endpoint
 from worker.saga.errors import (
     ErsAuthError,
     ErsConflict,
@@ -19,30 +19,6 @@ from worker.saga.errors import (
     ErsTransientError,
     ErsUnexpected,
 )
-
-
-class Endpoint(StrEnum):
-    A004 = "A004"
-    A005 = "A005"
-    A010 = "A010"
-    A011 = "A011"
-    A012 = "A012"
-    A015 = "A015"
-    A016 = "A016"
-    A019 = "A019"
-    A020 = "A020"
-    A021 = "A021"
-
-    @property
-    def changes_state(self) -> bool:
-        """A call e-RS may have acted on even when we saw no answer: never blindly repeated."""
-        return self in _STATE_CHANGING
-
-
-_STATE_CHANGING = frozenset(
-    {Endpoint.A011, Endpoint.A012, Endpoint.A016, Endpoint.A020, Endpoint.A021}
-)
-
 
 # The statuses the spec lists for the referrer-flow endpoints; anything else is unexpected.
 _REFUSALS = frozenset({400, 403, 404, 406, 415, 422})

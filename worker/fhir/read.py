@@ -13,6 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from worker.fhir.build import ERS_SERVICE, ODS_ORGANIZATION_CODE, SDS_USER_ID
+from worker.fhir.vocabulary import BookableType
 
 Json = dict[str, Any]
 _SD = "https://fhir.nhs.uk/STU3/StructureDefinition/"
@@ -29,7 +30,7 @@ class FoundService:
 
     @property
     def directly_bookable(self) -> bool:
-        return self.bookable_type == "DIRECTLY_BOOKABLE"
+        return self.bookable_type == BookableType.DIRECTLY_BOOKABLE
 
     @property
     def triage(self) -> bool:

@@ -30,19 +30,34 @@ from pydantic import BaseModel
 
 from schemas.events import OutcomeStatus, Step
 from schemas.export import MODELS, SCHEMA_DIR
-from worker.messaging.consumer import DELIVERY_COUNT_HEADER
-from worker.messaging.handler import ATTEMPT_HEADER, FIRST_SEEN_HEADER
-from worker.messaging.tokens import EXPIRES_HEADER, TOKEN_HEADER
-from worker.messaging.topology import (
-    DEAD_LETTER_QUEUE_ARGUMENTS,
+from worker.messaging.headers import (
+    ATTEMPT_HEADER,
+    DEATH_HEADER,
+    DELIVERY_COUNT_HEADER,
+    EXPIRES_HEADER,
+    FIRST_SEEN_HEADER,
     LETTER_READY_ROUTING_KEY,
     OUTCOME_ROUTING_PREFIX,
+    OUTCOME_STATUS_HEADER,
+    PARKED_AT_HEADER,
+    PARKED_HEADERS,
+    PROBLEM_HEADER,
+    REASON_HEADER,
+    REQUEST_ID_HEADER,
     REQUEST_ROUTING_KEY,
+    SCHEMA_VERSION_HEADER,
+    STEP_HEADER,
+    TOKEN_HEADER,
+)
+from worker.messaging.topology import (
+    DEAD_LETTER_QUEUE_ARGUMENTS,
+    DEFAULT_DELIVERY_LIMIT,
+    DEFAULT_PREFIX,
+    DEFAULT_RETRY_DELAYS,
     Names,
     delay_queue_arguments,
     requests_queue_arguments,
 )
-from worker.ops.settings import Settings
 
 ASYNCAPI_VERSION = "2.6.0"
 OUTPUT = SCHEMA_DIR / "asyncapi.json"
@@ -50,16 +65,7 @@ SCHEMAS_REF = "#/components/schemas/"
 MESSAGES_REF = "#/components/messages/"
 AMQP_BINDING_VERSION = "0.2.0"
 
-SCHEMA_VERSION_HEADER = "x-ers-schema-version"
 # Set by the worker on a message it parks (worker/messaging/consumer.py, parked_headers).
-PARKED_HEADERS = (
-    "x-ers-reason",
-    "x-ers-step",
-    "x-ers-outcome-status",
-    "x-ers-request-id",
-    "x-ers-parked-at",
-    "x-ers-problem",
-)
 PARKED_HEADERS_ALWAYS = PARKED_HEADERS[:-1]
 
 
@@ -172,33 +178,33 @@ def _header_schemas() -> dict[str, Any]:
         "description": "The request's own headers without "
         f"{TOKEN_HEADER} and {EXPIRES_HEADER}, plus why and when it was parked.",
         "properties": {
-            "x-ers-reason": {
+            REASON_HEADER: {
                 "type": "string",
                 "minLength": 1,
                 "description": "Why: the pipeline's reason, else the outcome's error code "
                 "(e.g. VALIDATION_FAILED, NEEDS_RECONCILIATION, UNEXPECTED_RESPONSE), else "
                 "UNKNOWN.",
             },
-            "x-ers-step": {
+            STEP_HEADER: {
                 "type": "string",
                 "enum": ["", *steps],
                 "description": "The saga step of the outcome's error; empty when none.",
             },
-            "x-ers-outcome-status": {
+            OUTCOME_STATUS_HEADER: {
                 "type": "string",
                 "enum": ["", *statuses],
                 "description": "The status of the outcome sent for it; empty when none.",
             },
-            "x-ers-request-id": {
+            REQUEST_ID_HEADER: {
                 **any_text,
                 "description": "The request's id; empty when the body was too broken to read it.",
             },
-            "x-ers-parked-at": {
+            PARKED_AT_HEADER: {
                 "type": "string",
                 "format": "date-time",
                 "description": "When it was parked (UTC, ISO 8601).",
             },
-            "x-ers-problem": {
+            PROBLEM_HEADER: {
                 "type": "string",
                 "maxLength": 1000,
                 "description": "The worker's own error text (fields and rules, never e-RS' "
@@ -218,12 +224,12 @@ def _header_schemas() -> dict[str, Any]:
         "message itself on its last delivery, so this only happens to a message that "
         "kept killing the worker. Treat the token header as a secret.",
         "properties": {
-            "x-death": {"type": "array", "items": {"type": "object"}},
+            DEATH_HEADER: {"type": "array", "items": {"type": "object"}},
             "x-first-death-reason": {"type": "string"},
             "x-first-death-queue": {"type": "string"},
             "x-first-death-exchange": {"type": "string"},
         },
-        "required": ["x-death"],
+        "required": [DEATH_HEADER],
         "additionalProperties": True,
     }
     return {
@@ -487,8 +493,8 @@ def _channels(names: Names, delivery_limit: int, delays: tuple[float, ...]) -> d
 
 def build() -> dict[str, Any]:
     """The AsyncAPI document, with the default settings (not the environment's)."""
-    defaults = Settings.model_construct()
-    names = Names(defaults.topology_prefix)
+    names = Names(DEFAULT_PREFIX)
+    delays = tuple(float(d) for d in DEFAULT_RETRY_DELAYS.split(","))
     schemas = model_schemas(list(MODELS.values()))
     headers = _header_schemas()
     clash = schemas.keys() & headers.keys()
@@ -520,7 +526,7 @@ def build() -> dict[str, Any]:
                 "security": [{"rabbitmqUser": []}],
             }
         },
-        "channels": _channels(names, defaults.delivery_limit, defaults.retry_delays),
+        "channels": _channels(names, DEFAULT_DELIVERY_LIMIT, delays),
         "components": {
             "schemas": {**schemas, **dict(sorted(headers.items()))},
             "messages": _messages(names),

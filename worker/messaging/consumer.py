@@ -34,31 +34,31 @@ from aio_pika.abc import (
 )
 
 from schemas.events import OutcomeEventV1
-from worker.messaging.handler import (
+from worker.messaging.config import ConsumerConfig
+from worker.messaging.fate import Event, Fate, Handled, Incoming
+from worker.messaging.handler import RequestHandler
+from worker.messaging.headers import (
     ATTEMPT_HEADER,
+    DELIVERY_COUNT_HEADER,
     FIRST_SEEN_HEADER,
-    Event,
-    Fate,
-    Handled,
-    Incoming,
-    RequestHandler,
-    attempt_of,
-)
-from worker.messaging.tokens import EXPIRES_HEADER, TOKEN_HEADER
-from worker.messaging.topology import (
     LETTER_READY_ROUTING_KEY,
     OUTCOME_ROUTING_PREFIX,
-    Names,
-    Topology,
-    declare,
+    OUTCOME_STATUS_HEADER,
+    PARKED_AT_HEADER,
+    PROBLEM_HEADER,
+    REASON_HEADER,
+    REQUEST_ID_HEADER,
+    SCHEMA_VERSION_HEADER,
+    SECRET_HEADERS,
+    STEP_HEADER,
+    attempt_of,
 )
+from worker.messaging.publish import copy_message
+from worker.messaging.topology import Names, Topology, declare
 from worker.observability.health import HealthServer
 from worker.observability.metrics import REQUEUED, bounded_code
-from worker.ops.settings import Settings
 
 log = logging.getLogger("worker.messaging.consumer")
-_SECRET_HEADERS = frozenset({TOKEN_HEADER, EXPIRES_HEADER})
-DELIVERY_COUNT_HEADER = "x-delivery-count"
 
 
 def event_message(
@@ -73,7 +73,7 @@ def event_message(
         correlation_id=correlation_id or event.correlation_id,
         type=event.event_type,
         timestamp=event.occurred_at,
-        headers={"x-ers-schema-version": event.schema_version, **trace_headers},
+        headers={SCHEMA_VERSION_HEADER: event.schema_version, **trace_headers},
     )
 
 
@@ -84,41 +84,28 @@ def routing_key(event: Event) -> str:
 
 
 def parked_headers(headers: Mapping[str, Any], handled: Handled) -> dict[str, Any]:
-    kept = {k: v for k, v in headers.items() if k.lower() not in _SECRET_HEADERS}
+    kept = {k: v for k, v in headers.items() if k.lower() not in SECRET_HEADERS}
     outcome = handled.outcome
     error = outcome.error if outcome else None
     kept.update(
         {
-            "x-ers-reason": handled.reason or (error.code if error else "UNKNOWN"),
-            "x-ers-step": error.step.value if error else "",
-            "x-ers-outcome-status": outcome.status.value if outcome else "",
-            "x-ers-request-id": (outcome.request_id if outcome else None) or "",
-            "x-ers-parked-at": datetime.now(UTC).isoformat(),
+            REASON_HEADER: handled.reason or (error.code if error else "UNKNOWN"),
+            STEP_HEADER: error.step.value if error else "",
+            OUTCOME_STATUS_HEADER: outcome.status.value if outcome else "",
+            REQUEST_ID_HEADER: (outcome.request_id if outcome else None) or "",
+            PARKED_AT_HEADER: datetime.now(UTC).isoformat(),
         }
     )
     # Our own texts name fields and rules only; e-RS' free-text diagnostics stay in the event.
     if error is not None and error.http_status is None:
-        kept["x-ers-problem"] = error.text[:1000]
+        kept[PROBLEM_HEADER] = error.text[:1000]
     return kept
-
-
-def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    """The message again, persistent, with these headers (parked, delayed or replayed)."""
-    return aio_pika.Message(
-        body=message.body,
-        headers=headers,
-        content_type=message.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-    )
 
 
 class Worker:
     """Consumes referral requests until stopped; one per process."""
 
-    def __init__(self, settings: Settings, handler: RequestHandler) -> None:
+    def __init__(self, settings: ConsumerConfig, handler: RequestHandler) -> None:
         self._settings = settings
         self._handler = handler
         self._names = Names(settings.topology_prefix)

@@ -1,7 +1,8 @@
 """One message in, its events and its fate out: the consumer's logic without the broker.
 
 ``RequestHandler.handle`` never raises for a message: every message ends as events to
-publish plus one ``Fate``: acknowledge, park for a person, or send to a delay queue.
+publish plus one ``Fate``: acknowledge, park for a person, or send to a delay queue. Which
+outcomes are parked is ``worker.saga.policy``'s to say, never this module's.
 
 Order of work for a valid request: hold the patient (in process), claim the saga in the
 store (which also keeps other replicas and other sagas of the patient off it), run it from
@@ -13,101 +14,40 @@ from __future__ import annotations
 
 import logging
 import time
-import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from enum import StrEnum
-from typing import Any
 
-from schemas.events import (
-    ErrorInfo,
-    FieldError,
-    LetterReadyEventV1,
-    OutcomeEventV1,
-    OutcomeStatus,
-    Step,
-)
+from schemas.events import OutcomeStatus
 from schemas.referral_request import ReferralRequestV1
-from worker.ers.client import ErsClient
+from worker.messaging.answers import Answers, new_id
+from worker.messaging.fate import Event, Fate, Handled, Incoming
 from worker.messaging.intake import Rejection, parse_request
 from worker.messaging.keyed_lock import KeyedLock
-from worker.messaging.tokens import AccessToken, TokenProvider
 from worker.observability.logs import saga_context
-from worker.observability.metrics import (
-    DELAYED,
-    POISONED,
-    PROCESSED,
-    REJECTED,
-    REPLAYED,
-    REQUEUED,
-    Metrics,
-)
+from worker.observability.metrics import DELAYED, POISONED, REQUEUED, Metrics
 from worker.observability.tracing import current_headers, saga_span
-from worker.ops.failpoints import NONE, Failpoints
 from worker.saga import outcomes
-from worker.saga.ports import LetterStore
-from worker.saga.reference_data import ReferenceData
-from worker.saga.runner import run_saga
-from worker.saga.state import SagaState, finish, new_saga
-from worker.saga.steps import SagaContext, SagaOptions, SlotClaims
-from worker.saga.store import (
-    ClaimKind,
-    LeaseLost,
-    SagaStore,
-    is_final,
-    patient_key,
-    request_fingerprint,
-    resumable,
+from worker.saga.claims import patient_key, request_fingerprint, resumable
+from worker.saga.context import SagaContext, SagaOptions
+from worker.saga.journal import Journal
+from worker.saga.policy import is_final
+from worker.saga.ports import (
+    NO_FAILPOINTS,
+    AccessToken,
+    ErsSessions,
+    Failpoints,
+    LetterStore,
+    TokenProvider,
 )
-from worker.store.journal import Journal
+from worker.saga.reference_data import ReferenceData
+from worker.saga.retry import RetrySchedule
+from worker.saga.runner import run_saga
+from worker.saga.slot_claims import SlotClaims
+from worker.saga.state import SagaState, finish, new_saga
+from worker.saga.store import Claim, ClaimKind, LeaseLost, SagaStore
 
 log = logging.getLogger("worker.messaging.handler")
-
-Event = OutcomeEventV1 | LetterReadyEventV1
-ATTEMPT_HEADER = "x-ers-attempt"
-FIRST_SEEN_HEADER = "x-ers-first-seen"
-
-
-def attempt_of(headers: Mapping[str, Any]) -> int:
-    """How many times the message has been through a delay queue."""
-    value = headers.get(ATTEMPT_HEADER, 0)
-    return value if isinstance(value, int) and value >= 0 else 0
-
-
-class Fate(StrEnum):
-    ACK = "ack"
-    DEAD_LETTER = "dead_letter"
-    DELAY = "delay"
-    REQUEUE = "requeue"
-
-
-@dataclass(frozen=True, slots=True)
-class Incoming:
-    body: bytes
-    headers: Mapping[str, Any] = field(default_factory=dict)
-    correlation_id: str | None = None
-    message_id: str | None = None
-    reply_to: str | None = None
-
-    @property
-    def attempt(self) -> int:
-        return attempt_of(self.headers)
-
-    def first_seen(self, default: float) -> float:
-        value = self.headers.get(FIRST_SEEN_HEADER)
-        return float(value) if isinstance(value, int | float) else default
-
-
-@dataclass(frozen=True, slots=True)
-class Handled:
-    events: list[Event]
-    fate: Fate
-    outcome: OutcomeEventV1 | None = None
-    reason: str = ""
-    delay_seconds: float = 0.0
-    result: str = PROCESSED
-    trace_headers: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,34 +58,15 @@ class Durability:
     owner: str
     lease_seconds: float
     patient_key_secret: bytes
-    retry_delays: tuple[float, ...]
-    retry_budget_seconds: float
-    failpoints: Failpoints = NONE
-
-
-PARKED_CODES = frozenset({"INTERNAL_ERROR", "UNEXPECTED_RESPONSE"})
-
-
-def needs_a_person(outcome: OutcomeEventV1) -> bool:
-    """Outcomes whose message is parked: e-RS state unknown, an answer nobody expected, a bug,
-    or a retry budget spent (a person decides when to replay it)."""
-    error = outcome.error
-    if outcome.status is OutcomeStatus.NEEDS_RECONCILIATION:
-        return True
-    if error is None or outcome.status is not OutcomeStatus.FAILED:
-        return False
-    return error.code in PARKED_CODES or error.retryable
-
-
-def _new_id() -> str:
-    return str(uuid.uuid4())
+    retry: RetrySchedule
+    failpoints: Failpoints = NO_FAILPOINTS
 
 
 class RequestHandler:
     def __init__(
         self,
         *,
-        ers: ErsClient,
+        ers: ErsSessions,
         tokens: TokenProvider,
         letters: LetterStore,
         reference: ReferenceData,
@@ -167,35 +88,22 @@ class RequestHandler:
         self._patients = KeyedLock()
         self.stopping = False
         self._slot_claims = SlotClaims()
+        self._answers = Answers(metrics, now)
 
     async def handle(self, msg: Incoming) -> Handled:
         parsed = parse_request(msg.body)
         problems = list(parsed.problems) if isinstance(parsed, Rejection) else []
         if not msg.reply_to:
-            problems.append(
-                FieldError(
-                    field="(properties).reply_to",
-                    problem="reply_to is required: outcomes are sent to the requester's queue",
-                    type="missing",
-                )
-            )
+            problems.append(outcomes.reply_to_missing())
         if problems:
-            event = outcomes.rejected(
-                problems,
-                request_id=parsed.request_id,
-                correlation_id=msg.correlation_id or msg.message_id,
-                source_system=parsed.source_system,
-                event_id=_new_id(),
-                now=self._now(),
-            )
             log.warning(
                 "rejected invalid message",
-                extra={"request_id": event.request_id, "fields": [p.field for p in problems]},
+                extra={"request_id": parsed.request_id, "fields": [p.field for p in problems]},
             )
-            self._count(event)
-            return Handled(
-                [event], Fate.DEAD_LETTER, event, reason="INVALID_MESSAGE", result=REJECTED
-            )
+            return self._answers.rejected(
+                problems, parsed.request_id, msg.correlation_id or msg.message_id,
+                parsed.source_system, "INVALID_MESSAGE",
+            )  # fmt: skip
         assert isinstance(parsed, ReferralRequestV1)
         correlation_id = msg.correlation_id or msg.message_id or parsed.request_id
         try:
@@ -203,13 +111,13 @@ class RequestHandler:
                 saga_context(parsed.request_id, correlation_id),
                 saga_span(msg.headers, parsed.request_id),
             ):
-                handled = await self._handle_valid(parsed, msg)
+                handled = await self._handle_valid(parsed, msg, correlation_id)
                 return replace(handled, trace_headers=current_headers())
         except LeaseLost:
             # Another replica took the saga over (ours stalled past its lease). Come back
             # later: by then it has an outcome to answer with, or the saga resumes here.
             log.warning("lease lost", extra={"request_id": parsed.request_id})
-            delay = self._durable.retry_delays[0]
+            delay = self._durable.retry.delay_for(0)
             return Handled([], Fate.DELAY, reason="LEASE_LOST", delay_seconds=delay, result=DELAYED)
 
     async def store_ping(self) -> None:
@@ -224,29 +132,17 @@ class RequestHandler:
         if parsed.request_id is not None:
             saga = await self._durable.store.load(parsed.request_id)
             if saga is not None and saga.final and saga.outcome is not None:
-                stored = OutcomeEventV1.model_validate_json(saga.outcome)
-                return Handled([stored], Fate.ACK, stored, result=REPLAYED)
-        event = OutcomeEventV1(
-            event_id=_new_id(),
-            request_id=parsed.request_id,
-            correlation_id=msg.correlation_id or msg.message_id,
-            source_system=parsed.source_system,
-            status=OutcomeStatus.FAILED,
-            error=ErrorInfo(
-                step=Step.VALIDATE,
-                code="REDELIVERY_LIMIT",
-                text="the message was delivered repeatedly without being settled; parked "
-                "for a person (its saga, if any, resumes from its checkpoint when replayed)",
-                retryable=False,
-            ),
-            occurred_at=self._now(),
-        )
+                return self._answers.replayed(saga.outcome)
         log.error("parked a poison message", extra={"request_id": parsed.request_id})
-        self._count(event)
-        return Handled([event], Fate.DEAD_LETTER, event, reason="REDELIVERY_LIMIT", result=POISONED)
+        handled = self._answers.not_started(
+            parsed.request_id, msg.correlation_id or msg.message_id, parsed.source_system,
+            OutcomeStatus.FAILED, outcomes.redelivery_limit(),
+        )  # fmt: skip
+        return replace(handled, result=POISONED)
 
-    async def _handle_valid(self, request: ReferralRequestV1, msg: Incoming) -> Handled:
-        correlation_id = msg.correlation_id or msg.message_id or request.request_id
+    async def _handle_valid(
+        self, request: ReferralRequestV1, msg: Incoming, correlation_id: str
+    ) -> Handled:
         durable = self._durable
         key = patient_key(request.patient.nhs_number, durable.patient_key_secret)
         # Same-patient requests queue up here rather than bouncing through delay queues.
@@ -261,59 +157,35 @@ class RequestHandler:
                 self._clock(),
                 request_fingerprint(msg.body, durable.patient_key_secret),
             )
-            if claim.kind is ClaimKind.REUSED:
-                return self._reused(request, msg, correlation_id)
-            if claim.kind is ClaimKind.FINISHED:
-                # A finished request is answered again without e-RS, so without a token.
-                assert claim.outcome is not None
-                stored = OutcomeEventV1.model_validate_json(claim.outcome)
-                log.info("replayed outcome", extra={"request_id": request.request_id})
-                return Handled([stored], Fate.ACK, stored, result=REPLAYED)
-            if claim.kind in (ClaimKind.BUSY_REQUEST, ClaimKind.BUSY_PATIENT):
-                return self._busy(request, msg, claim.kind, correlation_id)
-            assert claim.state is not None
-            token = self._tokens.token_for(msg.headers)
-            if token is None or token.expired(self._now()):
-                await durable.store.release(claim.state, durable.owner, self._clock())
-                return self._no_token(request, correlation_id, token)
-            start = resumable(claim.state) if claim.kind is ClaimKind.RESUMED else claim.state
-            return await self._run(request, msg, token, start, correlation_id)
+            return await self._after_claim(claim, request, msg, correlation_id)
 
-    def _no_token(
-        self, request: ReferralRequestV1, correlation_id: str, token: AccessToken | None
+    async def _after_claim(
+        self, claim: Claim, request: ReferralRequestV1, msg: Incoming, correlation_id: str
     ) -> Handled:
-        why = "no access token in the message" if token is None else "access token expired"
-        error = ErrorInfo(
-            step=Step.REFERENCE_DATA,
-            code="TOKEN_MISSING" if token is None else "TOKEN_EXPIRED",
-            text=f"{why}: re-send with a fresh CIS2 token",
-            retryable=True,
-        )
-        event = self._outcome_without_saga(request, correlation_id, error)
-        self._count(event)
-        return Handled([event], Fate.ACK, event)
-
-    def _reused(self, request: ReferralRequestV1, msg: Incoming, correlation_id: str) -> Handled:
-        """The request id names another request already: refuse, never run or answer it."""
-        event = outcomes.rejected(
-            [
-                FieldError(
-                    field="request_id",
-                    problem="already used for a different request; an id is referred once",
-                    type="request_id_reused",
-                )
-            ],
-            request_id=request.request_id,
-            correlation_id=correlation_id,
-            source_system=request.source_system,
-            event_id=_new_id(),
-            now=self._now(),
-        )
-        self._count(event)
-        log.warning("request id reused", extra={"request_id": request.request_id})
-        return Handled(
-            [event], Fate.DEAD_LETTER, event, reason="REQUEST_ID_REUSED", result=REJECTED
-        )
+        durable = self._durable
+        match claim.kind:
+            case ClaimKind.REUSED:  # the id names another request: refuse, never run it
+                log.warning("request id reused", extra={"request_id": request.request_id})
+                return self._answers.rejected(
+                    [outcomes.request_id_reused()], request.request_id, correlation_id,
+                    request.source_system, "REQUEST_ID_REUSED",
+                )  # fmt: skip
+            case ClaimKind.FINISHED:  # answered again without e-RS, so without a token
+                assert claim.outcome is not None
+                log.info("replayed outcome", extra={"request_id": request.request_id})
+                return self._answers.replayed(claim.outcome)
+            case ClaimKind.BUSY_REQUEST | ClaimKind.BUSY_PATIENT:
+                return self._busy(request, msg, claim.kind, correlation_id)
+        assert claim.state is not None
+        token = self._tokens.token_for(msg.headers)
+        if token is None or token.expired(self._now()):
+            await durable.store.release(claim.state, durable.owner, self._clock())
+            return self._answers.not_started(
+                request.request_id, correlation_id, request.source_system,
+                OutcomeStatus.REAUTHENTICATION_NEEDED, outcomes.no_token(token is not None),
+            )  # fmt: skip
+        start = resumable(claim.state) if claim.kind is ClaimKind.RESUMED else claim.state
+        return await self._run(request, msg, token, start, correlation_id)
 
     async def _run(
         self,
@@ -346,13 +218,7 @@ class RequestHandler:
             slot_claims=self._slot_claims,
         )
         started = time.monotonic()
-        state = await run_saga(
-            start,
-            ctx,
-            drain_calls=session.drain_calls,
-            checkpoint=journal.checkpoint,
-            metrics=self.metrics,
-        )
+        state = await run_saga(start, ctx, checkpoint=journal.checkpoint, observer=self.metrics)
         if state.waiting is not None:
             waited = self._wait_or_give_up(state, msg, token)
             if isinstance(waited, Handled):
@@ -370,61 +236,39 @@ class RequestHandler:
         self, state: SagaState, msg: Incoming, token: AccessToken
     ) -> Handled | SagaState:
         """A waiting saga goes to a delay queue, unless its token or its budget runs out."""
-        assert state.waiting is not None
-        delays = self._durable.retry_delays
-        delay = delays[min(msg.attempt, len(delays) - 1)]
+        waiting = state.waiting
+        assert waiting is not None
         now = self._clock()
-        resume_at = datetime.fromtimestamp(now + delay, UTC)
+        schedule = self._durable.retry
+        resume_at = datetime.fromtimestamp(now + schedule.delay_for(msg.attempt), UTC)
         if token.expires_at is not None and token.expires_at <= resume_at:
-            return finish(
-                state,
-                OutcomeStatus.REAUTHENTICATION_NEEDED,
-                state.waiting.model_copy(
-                    update={
-                        "code": "TOKEN_EXPIRES_BEFORE_RETRY",
-                        "text": f"{state.waiting.code} at {state.waiting.step.value}; the access "
-                        "token expires before the next attempt: re-send with a fresh token",
-                    }
-                ),
-            )
-        if now + delay > msg.first_seen(now) + self._durable.retry_budget_seconds:
-            return finish(
-                state,
-                OutcomeStatus.FAILED,
-                state.waiting.model_copy(
-                    update={"text": f"retry budget spent: {state.waiting.text}"}
-                ),
-            )
+            error = outcomes.token_expires_first(waiting)
+            return finish(state, OutcomeStatus.REAUTHENTICATION_NEEDED, error)
+        delay = schedule.next_delay(msg.attempt, msg.first_seen(now), now)
+        if delay is None:
+            return finish(state, OutcomeStatus.FAILED, outcomes.budget_spent(waiting))
         log.info(
             "saga waiting",
             extra={
                 "request_id": state.request_id,
-                "step": state.waiting.step.value,
-                "code": state.waiting.code,
+                "step": waiting.step.value,
+                "code": waiting.code,
                 "delay_seconds": delay,
             },
         )
-        return Handled(
-            [], Fate.DELAY, reason=state.waiting.code, delay_seconds=delay, result=DELAYED
-        )
+        return Handled([], Fate.DELAY, reason=waiting.code, delay_seconds=delay, result=DELAYED)
 
     def _busy(
         self, request: ReferralRequestV1, msg: Incoming, kind: ClaimKind, correlation_id: str
     ) -> Handled:
-        delays = self._durable.retry_delays
-        delay = delays[min(msg.attempt, len(delays) - 1)]
         now = self._clock()
-        if now + delay > msg.first_seen(now) + self._durable.retry_budget_seconds:
-            error = ErrorInfo(
-                step=Step.REFERENCE_DATA,
-                code=kind.value.upper(),
-                text="the request (or another for the same patient) stayed in progress "
-                "longer than the retry budget",
-                retryable=True,
-            )
-            event = self._outcome_without_saga(request, correlation_id, error, OutcomeStatus.FAILED)
-            self._count(event)
-            return Handled([event], Fate.DEAD_LETTER, event, reason=error.code)
+        delay = self._durable.retry.next_delay(msg.attempt, msg.first_seen(now), now)
+        if delay is None:
+            error = outcomes.busy_too_long(kind.value.upper())
+            return self._answers.not_started(
+                request.request_id, correlation_id, request.source_system,
+                OutcomeStatus.FAILED, error,
+            )  # fmt: skip
         log.info("saga busy", extra={"request_id": request.request_id, "why": kind.value})
         return Handled(
             [], Fate.DELAY, reason=kind.value.upper(), delay_seconds=delay, result=DELAYED
@@ -433,7 +277,7 @@ class RequestHandler:
     async def _finish(self, request: ReferralRequestV1, state: SagaState) -> Handled:
         now = self._now()
         outcome = outcomes.from_saga(
-            state, source_system=request.source_system, event_id=_new_id(), now=now
+            state, source_system=request.source_system, event_id=new_id(), now=now
         )
         await self._durable.store.finish(
             state,
@@ -442,13 +286,7 @@ class RequestHandler:
             final=is_final(state),
             now=self._clock(),
         )
-        events: list[Event] = []
-        if state.letter is not None:
-            events.append(outcomes.letter_ready(state, event_id=_new_id(), now=now))
-        events.append(outcome)
-        self._count(outcome)
         error = outcome.error
-        parked = needs_a_person(outcome)
         log.info(
             "saga finished",
             extra={
@@ -459,30 +297,7 @@ class RequestHandler:
                 "ers_calls": len(state.history),
             },
         )
-        return Handled(
-            events,
-            Fate.DEAD_LETTER if parked else Fate.ACK,
-            outcome,
-            reason=error.code if error else "",
-        )
-
-    def _count(self, outcome: OutcomeEventV1) -> None:
-        path = outcome.path.value.lower() if outcome.path else "none"
-        self.metrics.sagas_finished.labels(outcome.status.value.lower(), path).inc()
-
-    def _outcome_without_saga(
-        self,
-        request: ReferralRequestV1,
-        correlation_id: str,
-        error: ErrorInfo,
-        status: OutcomeStatus = OutcomeStatus.REAUTHENTICATION_NEEDED,
-    ) -> OutcomeEventV1:
-        return outcomes.not_started(
-            status=status,
-            error=error,
-            request_id=request.request_id,
-            correlation_id=correlation_id,
-            source_system=request.source_system,
-            event_id=_new_id(),
-            now=self._now(),
-        )
+        letter: list[Event] = []
+        if state.letter is not None:
+            letter.append(outcomes.letter_ready(state, event_id=new_id(), now=now))
+        return self._answers.settled(outcome, before=letter)

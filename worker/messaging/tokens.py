@@ -1,37 +1,21 @@
 """Where a saga's e-RS access token comes from.
 
 Every endpoint of the referrer flow is user-restricted (NHS CIS2), so by default the acting
-user's token travels with each request in an AMQP header. The token is held in a SecretStr:
-its repr is masked, so it cannot reach a log line or exception message by accident.
+user's token travels with each request in an AMQP header. Both providers implement
+``worker.saga.ports.TokenProvider``; the token is an ``AccessToken`` (a SecretStr inside).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Any
 
 from pydantic import SecretStr
 
-TOKEN_HEADER = "x-ers-access-token"
-EXPIRES_HEADER = "x-ers-token-expires-at"
-
-
-@dataclass(frozen=True, slots=True)
-class AccessToken:
-    value: SecretStr
-    expires_at: datetime | None = None
-
-    def expired(self, now: datetime) -> bool:
-        return self.expires_at is not None and now >= self.expires_at
-
-
-class TokenProvider(Protocol):
-    def token_for(self, headers: Mapping[str, Any]) -> AccessToken | None:
-        """The token for the message with these AMQP headers, or None when there is none."""
-        ...
+from worker.messaging.headers import EXPIRES_HEADER, TOKEN_HEADER
+from worker.saga.ports import AccessToken
 
 
 def _as_text(value: Any) -> str | None:

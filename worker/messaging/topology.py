@@ -22,9 +22,12 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
-REQUEST_ROUTING_KEY = "referral.request"
-OUTCOME_ROUTING_PREFIX = "referral.outcome"
-LETTER_READY_ROUTING_KEY = "referral.letter_ready"
+from worker.messaging.headers import REQUEST_ROUTING_KEY
+
+# The broker side's defaults; ``worker.ops.settings`` takes them as its own.
+DEFAULT_PREFIX = "ers"
+DEFAULT_DELIVERY_LIMIT = 5
+DEFAULT_RETRY_DELAYS = "10,60,600,3600"  # seconds, one delay queue each
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import platform
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from schemas.events import OutcomeStatus, Path
+from schemas.events import OutcomeStatus, Path, Step
 
 PREFIX = "ers_worker"
 _CODE = re.compile(r"^[A-Z0-9_]{1,48}$")
@@ -28,15 +28,6 @@ REJECTED = "rejected"  # invalid message
 DELAYED = "delayed"  # sent to a delay queue
 REQUEUED = "requeued"  # handed back on shutdown
 POISONED = "poisoned"  # last delivery of a message that never settled
-
-
-KNOWN_PARK_REASONS = (
-    "INVALID_MESSAGE",
-    "NEEDS_RECONCILIATION",
-    "UNEXPECTED_RESPONSE",
-    "INTERNAL_ERROR",
-    "REDELIVERY_LIMIT",
-)
 
 
 def bounded_code(code: str | None) -> str:
@@ -58,7 +49,11 @@ def _version() -> str:
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self, registry: CollectorRegistry | None = None, park_reasons: Iterable[str] = ()
+    ) -> None:
+        """``park_reasons``: the reasons a message is parked for (``worker.saga.policy``),
+        each shown at 0 from the start."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.messages = Counter(
@@ -145,9 +140,9 @@ class Metrics:
         self.build_info.labels(version=_version(), python=platform.python_version()).set(1)
         self._started: dict[int, float] = {}
         self.oldest_age.set_function(self._oldest)
-        self._zero_known_series()
+        self._zero_known_series(park_reasons)
 
-    def _zero_known_series(self) -> None:
+    def _zero_known_series(self, park_reasons: Iterable[str]) -> None:
         """Show every known label set from the start: a series that first appears at 1 is
         invisible to rate() and increase(), so the first dead letter would go unseen."""
         for result in (PROCESSED, REPLAYED, REJECTED, DELAYED, REQUEUED, POISONED):
@@ -155,8 +150,16 @@ class Metrics:
         for outcome in OutcomeStatus:
             for path in [*(p.value.lower() for p in Path), "none"]:
                 self.sagas_finished.labels(outcome.value.lower(), path)
-        for reason in KNOWN_PARK_REASONS:
+        for reason in park_reasons:
             self.dead_lettered.labels(reason)
+
+    # --- worker.saga.ports.SagaObserver ---
+
+    def step_started(self, step: Step) -> None:
+        self.step_attempts.labels(step.value).inc()
+
+    def step_failed(self, step: Step, reason: str) -> None:
+        self.step_failures.labels(step.value, bounded_code(reason)).inc()
 
     def _oldest(self) -> float:
         return time.monotonic() - min(self._started.values()) if self._started else 0.0

@@ -15,13 +15,16 @@ import httpx
 from worker.ers.client import ErsClient, RetryPolicy
 from worker.fhir.build import specialty_system
 from worker.messaging.handler import Durability, RequestHandler
-from worker.messaging.tokens import MessageHeaderTokenProvider, StaticTokenProvider, TokenProvider
+from worker.messaging.tokens import MessageHeaderTokenProvider, StaticTokenProvider
 from worker.observability.logs import JsonFormatter
 from worker.observability.metrics import Metrics
 from worker.ops.failpoints import Failpoints
 from worker.ops.settings import Settings
+from worker.saga.context import SagaOptions
+from worker.saga.policy import PARK_REASONS
+from worker.saga.ports import TokenProvider
 from worker.saga.reference_data import ReferenceData
-from worker.saga.steps import SagaOptions
+from worker.saga.retry import RetrySchedule
 from worker.saga.store import SagaStore
 from worker.store.letters import FileLetterStore
 from worker.store.postgres import PostgresSagaStore
@@ -85,8 +88,8 @@ async def request_handler(settings: Settings) -> AsyncIterator[RequestHandler]:
 
 @asynccontextmanager
 async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[RequestHandler]:
-    failpoints = Failpoints.from_env()  # test-only crash points; none unless ERS_FAILPOINTS
-    metrics = Metrics()
+    failpoints = Failpoints(settings.failpoints)  # test-only crash points; none by default
+    metrics = Metrics(park_reasons=PARK_REASONS)
     async with build_http_client(settings) as http:
         ers = ErsClient(
             http,
@@ -118,8 +121,7 @@ async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[Reques
                 owner=replica_name(),
                 lease_seconds=settings.saga_lease_seconds,
                 patient_key_secret=settings.patient_key_secret.get_secret_value().encode(),
-                retry_delays=settings.retry_delays,
-                retry_budget_seconds=settings.retry_budget_seconds,
+                retry=RetrySchedule(settings.retry_delays, settings.retry_budget_seconds),
                 failpoints=failpoints,
             ),
             metrics=metrics,

@@ -8,7 +8,6 @@ publishes each sample with a reply queue, and prints one row per outcome.
 from __future__ import annotations
 
 import asyncio
-import glob
 import logging
 import sys
 import uuid
@@ -19,9 +18,10 @@ import orjson
 from yarl import URL
 
 from worker.messaging.consumer import Worker
-from worker.messaging.tokens import TOKEN_HEADER
-from worker.messaging.topology import REQUEST_ROUTING_KEY, Names, remove
+from worker.messaging.publish import publish_request
+from worker.messaging.topology import Names, remove
 from worker.ops.app import request_handler
+from worker.ops.samples import SAMPLES
 from worker.ops.settings import Settings
 
 DEMO_PREFIX = "ers-demo"
@@ -50,7 +50,7 @@ async def _broker_reachable(url: str) -> bool:
 
 
 def _load(paths: list[str]) -> list[tuple[str, bytes]]:
-    files = paths or sorted(glob.glob("samples/*.json"))
+    files = paths or sorted(str(p) for p in SAMPLES.glob("*.json"))
     return [(Path(p).name, Path(p).read_bytes()) for p in files]
 
 
@@ -135,20 +135,14 @@ async def _publish_and_collect(
         exchange = await channel.get_exchange(Names(DEMO_PREFIX).requests_exchange)
         by_correlation: dict[str, int] = {}
         for index, (_, body) in enumerate(samples):
-            correlation_id = f"demo-{run_id}-{index}"
-            by_correlation[correlation_id] = index
-            await exchange.publish(
-                aio_pika.Message(
-                    body=_unique(body, run_id),
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    correlation_id=correlation_id,
-                    message_id=str(uuid.uuid4()),
-                    reply_to=replies.name,
-                    headers={TOKEN_HEADER: DEMO_TOKEN},
-                ),
-                routing_key=REQUEST_ROUTING_KEY,
+            correlation_id = await publish_request(
+                exchange,
+                _unique(body, run_id),
+                reply_to=replies.name,
+                correlation_id=f"demo-{run_id}-{index}",
+                token=DEMO_TOKEN,
             )
+            by_correlation[correlation_id] = index
         print(f"published {len(samples)} sample requests; outcomes as they arrive:\n")
         _print_row(COLUMNS)
         rows: list[tuple[str, ...]] = [() for _ in samples]

@@ -1,7 +1,9 @@
 """Crash points for fault-injection tests: the process kills itself with SIGKILL there.
 
 Off unless ``ERS_FAILPOINTS`` names points (comma-separated), which only the crash-recovery
-tests do. Points:
+tests do. The setting is read with the others (``Settings.failpoints``) and the composition
+root hands a ``Failpoints`` to the parts that have crash points (they see only the
+``worker.saga.ports.Failpoints`` protocol). Points:
 
 - ``after_checkpoint:<STEP>``  the saga's state was stored as having reached STEP;
 - ``before_send:<Axxx>``       a state-changing call is recorded as pending, not yet sent;
@@ -20,13 +22,6 @@ class Failpoints:
     def __init__(self, spec: str = "") -> None:
         self._points = frozenset(p.strip() for p in spec.split(",") if p.strip())
 
-    @classmethod
-    def from_env(cls) -> Failpoints:
-        return cls(os.environ.get(ENV, ""))
-
     def hit(self, point: str) -> None:
         if point in self._points:
             os.kill(os.getpid(), signal.SIGKILL)
-
-
-NONE = Failpoints()

@@ -20,18 +20,24 @@ import orjson
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from tqdm import tqdm
 
-from schemas.events import OutcomeStatus
-from worker.messaging.consumer import copy_message
-from worker.messaging.handler import ATTEMPT_HEADER, FIRST_SEEN_HEADER
-from worker.messaging.tokens import TOKEN_HEADER
-from worker.messaging.topology import REQUEST_ROUTING_KEY, Names
+from worker.messaging.headers import (
+    ATTEMPT_HEADER,
+    OUTCOME_STATUS_HEADER,
+    PARKED_AT_HEADER,
+    REASON_HEADER,
+    REPLAYED_AT_HEADER,
+    REQUEST_ID_HEADER,
+    REQUEST_ROUTING_KEY,
+    RESET_ON_REPLAY,
+    STEP_HEADER,
+    TOKEN_HEADER,
+)
+from worker.messaging.publish import copy_message, publish_request
+from worker.messaging.topology import Names
 from worker.ops.app import open_store
 from worker.ops.settings import Settings
+from worker.saga.policy import reopenable
 from worker.saga.store import StoredSaga
-
-_REOPENABLE = frozenset({OutcomeStatus.NEEDS_RECONCILIATION, OutcomeStatus.FAILED})
-# Headers the broker or a delay trip adds, which a replayed message must start without.
-_RESET_HEADERS = frozenset({"x-delivery-count", "x-death", ATTEMPT_HEADER, FIRST_SEEN_HEADER})
 
 
 def mask_nhs_number(value: object) -> str:
@@ -71,19 +77,12 @@ async def submit(
         exchange = await channel.get_exchange(names.requests_exchange)
         sent: dict[str, Path] = {}
         for path in tqdm(files, desc="submitting", unit="request", disable=len(files) < 10):
-            correlation_id = f"submit-{uuid.uuid4().hex}"
-            headers: dict[str, Any] = {TOKEN_HEADER: token} if token else {}
-            await exchange.publish(
-                aio_pika.Message(
-                    body=path.read_bytes(),
-                    content_type="application/json",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    correlation_id=correlation_id,
-                    message_id=str(uuid.uuid4()),
-                    reply_to=replies.name,
-                    headers=headers,
-                ),
-                routing_key=REQUEST_ROUTING_KEY,
+            correlation_id = await publish_request(
+                exchange,
+                path.read_bytes(),
+                reply_to=replies.name,
+                correlation_id=f"submit-{uuid.uuid4().hex}",
+                token=token or None,
             )
             sent[correlation_id] = path
         if not wait:
@@ -166,7 +165,7 @@ class Parked:
     @classmethod
     def of(cls, message: AbstractIncomingMessage) -> Parked:
         headers = dict(message.headers or {})
-        parked_at = str(headers.get("x-ers-parked-at", ""))
+        parked_at = str(headers.get(PARKED_AT_HEADER, ""))
         try:
             age: float | None = (
                 datetime.now(UTC) - datetime.fromisoformat(parked_at)
@@ -177,10 +176,10 @@ class Parked:
         return cls(
             message_id=message.message_id or "",
             correlation_id=message.correlation_id,
-            request_id=str(headers.get("x-ers-request-id") or "-"),
-            reason=str(headers.get("x-ers-reason", "BROKER_DEAD_LETTERED")),
-            step=str(headers.get("x-ers-step") or "-"),
-            outcome_status=str(headers.get("x-ers-outcome-status") or "-"),
+            request_id=str(headers.get(REQUEST_ID_HEADER) or "-"),
+            reason=str(headers.get(REASON_HEADER, "BROKER_DEAD_LETTERED")),
+            step=str(headers.get(STEP_HEADER) or "-"),
+            outcome_status=str(headers.get(OUTCOME_STATUS_HEADER) or "-"),
             parked_at=parked_at or "-",
             age_seconds=age,
             attempts=attempts if isinstance(attempts, int) else 0,
@@ -254,12 +253,12 @@ async def replay(
                 if store is not None and parked.request_id != "-":
                     saga = await store.load(parked.request_id)
                     # Only a saga a person must finish is reopened; a completed one never is.
-                    if saga is not None and saga.state.status in _REOPENABLE:
+                    if saga is not None and reopenable(saga.state):
                         await store.reopen(
                             saga.state.model_copy(update={"pending": None}), time.time()
                         )
-                headers = {k: v for k, v in parked.headers.items() if k not in _RESET_HEADERS}
-                headers["x-ers-replayed-at"] = datetime.now(UTC).isoformat()
+                headers = {k: v for k, v in parked.headers.items() if k not in RESET_ON_REPLAY}
+                headers[REPLAYED_AT_HEADER] = datetime.now(UTC).isoformat()
                 if token:
                     headers[TOKEN_HEADER] = token
                 await exchange.publish(

@@ -1,18 +1,20 @@
-"""Every failure the saga can meet, with its retry meaning carried by the class.
+"""Every failure the saga can meet, each class carrying the one thing it means: its
+``Disposition``. Nothing else decides retries; the runner, the e-RS client and the outcome
+event all read it from here.
 
-    SagaError
+    SagaError                                          disposition
     ├── ErsError                      an answer (or silence) from e-RS, classified once
-    │   ├── ErsTransientError         retry may help: 429, 5xx, connection, timeout
+    │   ├── ErsTransientError         429, 5xx, connection, timeout        RETRY_NOW
     │   │   └── ErsRateLimited        429, with the Retry-After e-RS asked for
-    │   ├── ErsAuthError              401: the user must re-authenticate
-    │   ├── ErsConflict               409/412: the referral version we hold is stale
-    │   ├── ErsLocked                 423: someone else is updating the referral
-    │   ├── ErsRejected               other 4xx: e-RS refused the request as it stands
-    │   ├── ErsUnexpected             an answer the spec does not list: a person must look
-    │   └── ErsOutcomeUnknown         a non-idempotent call whose effect is unknown
-    ├── TokenExpired                  the token expired before the call was made
-    ├── NeedsReconciliation           an unknown effect the worker cannot check for itself
-    └── BusinessRuleFailure           the worker refused to go on (e.g. service not found)
+    │   ├── ErsAuthError              401: the user must re-authenticate   REAUTHENTICATE
+    │   ├── ErsConflict               409/412: our referral version is stale   REFRESH
+    │   ├── ErsLocked                 423: someone else is updating it     WAIT
+    │   ├── ErsRejected               other 4xx: refused as it stands      FAIL
+    │   ├── ErsUnexpected             an answer the spec does not list     FAIL (parked)
+    │   └── ErsOutcomeUnknown         sent, effect unknown                 RECONCILE
+    ├── TokenExpired                  expired before the call was made     REAUTHENTICATE
+    ├── NeedsReconciliation           an unknown effect e-RS cannot tell   ASK_A_PERSON
+    └── BusinessRuleFailure           the worker refused to go on          FAIL
 
 Messages hold endpoint, status and e-RS codes only: never tokens or patient identifiers.
 The e-RS diagnostics text is kept apart (``diagnostics``) for outcome events, not logs.
@@ -20,12 +22,44 @@ The e-RS diagnostics text is kept apart (``diagnostics``) for outcome events, no
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class Disposition(StrEnum):
+    """What a failure means for the saga: the one reading of an error class."""
+
+    RETRY_NOW = "retry_now"
+    """Transient: the client retries in process; if that does not cure it, WAIT."""
+    WAIT = "wait"
+    """Pause the saga in a delay queue and resume it from its checkpoint."""
+    REFRESH = "refresh"
+    """Re-read the referral's version (A005) and run the step again."""
+    REAUTHENTICATE = "reauthenticate"
+    """End REAUTHENTICATION_NEEDED: a re-send with a fresh token resumes the saga."""
+    RECONCILE = "reconcile"
+    """Mark the call pending and check e-RS (A005) before going on."""
+    ASK_A_PERSON = "ask_a_person"
+    """e-RS cannot tell us what happened: end NEEDS_RECONCILIATION, parked for a person."""
+    FAIL = "fail"
+    """A final refusal: end FAILED with the code."""
+
+    @property
+    def retryable(self) -> bool:
+        """``ErrorInfo.retryable`` in the outcome event: would trying again (as it is, or with
+        a fresh token) help?"""
+        return self in _RETRYABLE
+
+
+_RETRYABLE = frozenset(
+    {Disposition.RETRY_NOW, Disposition.WAIT, Disposition.REFRESH, Disposition.REAUTHENTICATE}
+)
+
 
 class SagaError(Exception):
     """Base of every failure that ends or pauses a saga."""
 
     code: str = "ERROR"
-    retryable: bool = False
+    disposition: Disposition = Disposition.FAIL
 
     def __init__(self, message: str, *, code: str | None = None) -> None:
         super().__init__(message)
@@ -52,7 +86,7 @@ class ErsError(SagaError):
 
 
 class ErsTransientError(ErsError):
-    retryable = True
+    disposition = Disposition.RETRY_NOW
 
 
 class ErsRateLimited(ErsTransientError):
@@ -71,40 +105,41 @@ class ErsRateLimited(ErsTransientError):
 
 
 class ErsAuthError(ErsError):
-    retryable = True  # with a fresh token from the user, not as it stands
+    disposition = Disposition.REAUTHENTICATE
 
 
 class ErsConflict(ErsError):
-    retryable = True
+    disposition = Disposition.REFRESH
 
 
 class ErsLocked(ErsError):
-    retryable = True
+    disposition = Disposition.WAIT
 
 
 class ErsRejected(ErsError):
-    retryable = False
+    disposition = Disposition.FAIL
 
 
 class ErsUnexpected(ErsError):
-    retryable = False
+    # Final, and parked for a person by its outcome code (``policy``): nobody expected it.
+    disposition = Disposition.FAIL
 
 
 class ErsOutcomeUnknown(ErsError):
-    """Sent, but no answer: repeating could refer or book twice, so a person must reconcile."""
+    """Sent, but no answer: repeating could refer or book twice, so reconcile first."""
 
-    retryable = False
+    disposition = Disposition.RECONCILE
 
 
 class TokenExpired(SagaError):
     code = "TOKEN_EXPIRED"
-    retryable = True
+    disposition = Disposition.REAUTHENTICATE
 
 
 class NeedsReconciliation(SagaError):
     code = "NEEDS_RECONCILIATION"
-    retryable = False
+    disposition = Disposition.ASK_A_PERSON
 
 
 class BusinessRuleFailure(SagaError):
-    retryable = False
+    disposition = Disposition.FAIL

@@ -78,13 +78,13 @@ def not_started(
     *,
     status: OutcomeStatus,
     error: ErrorInfo,
-    request_id: str,
-    correlation_id: str,
-    source_system: str,
+    request_id: str | None,
+    correlation_id: str | None,
+    source_system: str | None,
     event_id: str,
     now: datetime,
 ) -> OutcomeEventV1:
-    """An outcome for a valid request that never reached e-RS (no token, internal error)."""
+    """An outcome for a request whose saga never ran (no token, busy too long, poison)."""
     return OutcomeEventV1(
         event_id=event_id,
         request_id=request_id,
@@ -94,3 +94,63 @@ def not_started(
         error=error,
         occurred_at=now,
     )
+
+
+def reply_to_missing() -> FieldError:
+    return FieldError(
+        field="(properties).reply_to",
+        problem="reply_to is required: outcomes are sent to the requester's queue",
+        type="missing",
+    )
+
+
+def request_id_reused() -> FieldError:
+    return FieldError(
+        field="request_id",
+        problem="already used for a different request; an id is referred once",
+        type="request_id_reused",
+    )
+
+
+def no_token(expired: bool) -> ErrorInfo:
+    why = "access token expired" if expired else "no access token in the message"
+    return ErrorInfo(
+        step=Step.REFERENCE_DATA,
+        code="TOKEN_EXPIRED" if expired else "TOKEN_MISSING",
+        text=f"{why}: re-send with a fresh CIS2 token",
+        retryable=True,
+    )
+
+
+def busy_too_long(code: str) -> ErrorInfo:
+    return ErrorInfo(
+        step=Step.REFERENCE_DATA,
+        code=code,
+        text="the request (or another for the same patient) stayed in progress "
+        "longer than the retry budget",
+        retryable=True,
+    )
+
+
+def redelivery_limit() -> ErrorInfo:
+    return ErrorInfo(
+        step=Step.VALIDATE,
+        code="REDELIVERY_LIMIT",
+        text="the message was delivered repeatedly without being settled; parked "
+        "for a person (its saga, if any, resumes from its checkpoint when replayed)",
+        retryable=False,
+    )
+
+
+def token_expires_first(waiting: ErrorInfo) -> ErrorInfo:
+    return waiting.model_copy(
+        update={
+            "code": "TOKEN_EXPIRES_BEFORE_RETRY",
+            "text": f"{waiting.code} at {waiting.step.value}; the access "
+            "token expires before the next attempt: re-send with a fresh token",
+        }
+    )
+
+
+def budget_spent(waiting: ErrorInfo) -> ErrorInfo:
+    return waiting.model_copy(update={"text": f"retry budget spent: {waiting.text}"})

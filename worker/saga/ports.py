@@ -1,16 +1,22 @@
 """The seams between the saga's pure logic and the I/O that serves it.
 
-Steps talk only to these Protocols; ``ers_client`` implements ``ErsPort`` over HTTP,
-``letter_store`` implements ``LetterStore`` on disk, and tests may supply their own.
+Steps talk only to these Protocols: ``worker.ers`` implements ``ErsPort`` over HTTP,
+``worker.store`` implements ``LetterStore`` (and ``worker.saga.store.SagaStore``),
+``worker.messaging`` provides the ``TokenProvider``, ``worker.observability`` the
+``SagaObserver``; tests may supply their own.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from schemas.events import LetterInfo
+from pydantic import SecretStr
+
+from schemas.events import LetterInfo, Step
+from schemas.referral_request import ActingUser
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +46,10 @@ class ErsCall:
 
 class ErsPort(Protocol):
     """The e-RS endpoints of the referrer flow, bound to one user and one correlation id."""
+
+    def drain_calls(self) -> list[ErsCall]:
+        """The HTTP attempts made since the last drain, for the saga's history."""
+        ...
 
     async def retrieve_reference_data(self, code_system: str) -> ErsReply: ...  # A004
 
@@ -81,3 +91,63 @@ class LetterStore(Protocol):
     async def save(
         self, *, ubrn: str, request_id: str, file_name: str | None, content: bytes
     ) -> LetterInfo: ...
+
+
+@dataclass(frozen=True, slots=True)
+class AccessToken:
+    """The acting user's e-RS access token. A SecretStr: its repr is masked, so it cannot
+    reach a log line or an exception message by accident."""
+
+    value: SecretStr
+    expires_at: datetime | None = None
+
+    def expired(self, now: datetime) -> bool:
+        return self.expires_at is not None and now >= self.expires_at
+
+
+class TokenProvider(Protocol):
+    def token_for(self, headers: Mapping[str, Any]) -> AccessToken | None:
+        """The token for the message with these AMQP headers, or None when there is none."""
+        ...
+
+
+class SagaObserver(Protocol):
+    """What the runner tells the metrics: attempts and failures per step."""
+
+    def step_started(self, step: Step) -> None: ...
+
+    def step_failed(self, step: Step, reason: str) -> None:
+        """``reason``: the error code, or OUTCOME_UNKNOWN for a call marked pending."""
+        ...
+
+
+class Failpoints(Protocol):
+    """Named crash points for fault-injection tests; in production, ``NO_FAILPOINTS``."""
+
+    def hit(self, point: str) -> None: ...
+
+
+class _NoFailpoints:
+    def hit(self, point: str) -> None:
+        return None
+
+
+NO_FAILPOINTS: Failpoints = _NoFailpoints()
+
+
+BeforeWrite = Callable[[str], Awaitable[None]]
+"""Called with the endpoint id before a state-changing call is sent (write-ahead)."""
+
+
+class ErsSessions(Protocol):
+    """Where sagas get their ``ErsPort``: one session per saga run."""
+
+    def session(
+        self,
+        user: ActingUser,
+        token: AccessToken,
+        correlation_id: str,
+        *,
+        now: Callable[[], datetime],
+        before_write: BeforeWrite | None = None,
+    ) -> ErsPort: ...

@@ -20,22 +20,13 @@ from collections.abc import Awaitable, Callable
 
 from schemas.events import ErrorInfo, OutcomeStatus, Step
 from schemas.privacy import redact, where
-from worker.observability.metrics import Metrics, bounded_code
-from worker.saga.errors import (
-    ErsAuthError,
-    ErsConflict,
-    ErsError,
-    ErsLocked,
-    ErsOutcomeUnknown,
-    ErsTransientError,
-    ErsUnexpected,
-    NeedsReconciliation,
-    SagaError,
-    TokenExpired,
-)
-from worker.saga.ports import ErsCall
+from worker.saga.context import SagaContext
+from worker.saga.errors import Disposition, ErsError, ErsUnexpected, SagaError
+from worker.saga.policy import status_for
+from worker.saga.ports import ErsCall, SagaObserver
+from worker.saga.recovery import check_booking, reconcile, refresh_version
 from worker.saga.state import CallRecord, PendingWrite, SagaState, finish, next_step, transition
-from worker.saga.steps import STEPS, SagaContext, check_booking, reconcile, refresh_version
+from worker.saga.steps import STEPS
 
 log = logging.getLogger("worker.saga.runner")
 Checkpoint = Callable[[SagaState], Awaitable[None]]
@@ -58,17 +49,11 @@ def error_info(step: Step, exc: SagaError) -> ErrorInfo:
             code=exc.code,
             text=redact(exc.diagnostics) or str(exc),
             http_status=exc.status,
-            retryable=exc.retryable,
+            retryable=exc.disposition.retryable,
         )
-    return ErrorInfo(step=step, code=exc.code, text=redact(str(exc)), retryable=exc.retryable)
-
-
-def status_for(exc: SagaError) -> OutcomeStatus:
-    if isinstance(exc, ErsAuthError | TokenExpired):
-        return OutcomeStatus.REAUTHENTICATION_NEEDED
-    if isinstance(exc, NeedsReconciliation):
-        return OutcomeStatus.NEEDS_RECONCILIATION
-    return OutcomeStatus.FAILED
+    return ErrorInfo(
+        step=step, code=exc.code, text=redact(str(exc)), retryable=exc.disposition.retryable
+    )
 
 
 async def _nothing(_: SagaState) -> None:
@@ -79,17 +64,16 @@ async def run_saga(
     state: SagaState,
     ctx: SagaContext,
     *,
-    drain_calls: Callable[[], list[ErsCall]] | None = None,
     checkpoint: Checkpoint = _nothing,
-    metrics: Metrics | None = None,
+    observer: SagaObserver | None = None,
 ) -> SagaState:
     """Run from ``state.step`` until the saga finishes or waits; returns that state."""
     conflicts = 0
     while state.running:
         step = state.step
         started = time.perf_counter()
-        if metrics is not None:
-            metrics.step_attempts.labels(step.value).inc()
+        if observer is not None:
+            observer.step_started(step)
         try:
             if state.pending is not None:
                 state, done = await reconcile(state, ctx)
@@ -97,31 +81,16 @@ async def run_saga(
                 state, done = await STEPS[step](state, ctx), True
             if done:
                 state = transition(state, next_step(state, ctx.request, ctx.options.triage_route))
-        except ErsConflict as exc:
-            conflicts += 1
-            if conflicts > MAX_VERSION_CONFLICTS:
-                state = finish(state, OutcomeStatus.FAILED, error_info(step, exc))
-            elif step is Step.BOOK_OR_DEFER:
-                # The referral changed under us: maybe our own booking or deferral landed
-                # after a call that seemed to fail. Look before booking again.
-                state = await _guarded(_check_then_move_on, state, ctx, step)
-            else:
-                state = await _guarded(refresh_version, state, ctx, step)
-        except ErsOutcomeUnknown as exc:
-            state = state.model_copy(
-                update={"pending": PendingWrite(step=step, endpoint=exc.endpoint, at=ctx.now())}
-            )
-        except (ErsTransientError, ErsLocked) as exc:
-            state = state.model_copy(update={"waiting": error_info(step, exc)})
         except SagaError as exc:
-            state = finish(state, status_for(exc), error_info(step, exc))
+            if exc.disposition is Disposition.REFRESH:
+                conflicts += 1
+            state = await _settle(state, ctx, step, exc, conflicts)
         except Exception as exc:
             state = finish(state, OutcomeStatus.FAILED, internal_error(step, exc))
         finally:
-            if drain_calls is not None:
-                state = _with_history(state, step, drain_calls())
-        if metrics is not None:
-            _count_failure(metrics, step, state)
+            state = _with_history(state, step, ctx.ers.drain_calls())
+        if observer is not None:
+            _report_failure(observer, step, state)
         log.info(
             "step ended",
             extra={
@@ -137,12 +106,34 @@ async def run_saga(
     return state
 
 
-def _count_failure(metrics: Metrics, step: Step, state: SagaState) -> None:
+async def _settle(
+    state: SagaState, ctx: SagaContext, step: Step, exc: SagaError, conflicts: int
+) -> SagaState:
+    """What the error's disposition makes of the saga: the one reading of it."""
+    disposition = exc.disposition
+    if disposition is Disposition.REFRESH:
+        if conflicts > MAX_VERSION_CONFLICTS:
+            return finish(state, OutcomeStatus.FAILED, error_info(step, exc))
+        if step is Step.BOOK_OR_DEFER:
+            # The referral changed under us: maybe our own booking or deferral landed
+            # after a call that seemed to fail. Look before booking again.
+            return await _guarded(_check_then_move_on, state, ctx, step)
+        return await _guarded(refresh_version, state, ctx, step)
+    if disposition is Disposition.RECONCILE and isinstance(exc, ErsError):
+        pending = PendingWrite(step=step, endpoint=exc.endpoint, at=ctx.now())
+        return state.model_copy(update={"pending": pending})
+    if disposition in (Disposition.RETRY_NOW, Disposition.WAIT):
+        # RETRY_NOW reaching the runner: the client's in-process retries did not cure it.
+        return state.model_copy(update={"waiting": error_info(step, exc)})
+    return finish(state, status_for(disposition), error_info(step, exc))
+
+
+def _report_failure(observer: SagaObserver, step: Step, state: SagaState) -> None:
     problem = state.waiting or state.error
     if problem is not None and problem.step is step:
-        metrics.step_failures.labels(step.value, bounded_code(problem.code)).inc()
+        observer.step_failed(step, problem.code)
     elif state.pending is not None and state.pending.step is step:
-        metrics.step_failures.labels(step.value, "OUTCOME_UNKNOWN").inc()
+        observer.step_failed(step, "OUTCOME_UNKNOWN")
 
 
 async def _guarded(
@@ -154,10 +145,10 @@ async def _guarded(
     """Run a recovery action; if it fails too, the saga waits or ends as that error says."""
     try:
         return await action(state, ctx)
-    except (ErsTransientError, ErsLocked) as exc:
-        return state.model_copy(update={"waiting": error_info(step, exc)})
     except SagaError as exc:
-        return finish(state, status_for(exc), error_info(step, exc))
+        if exc.disposition in (Disposition.RETRY_NOW, Disposition.WAIT):
+            return state.model_copy(update={"waiting": error_info(step, exc)})
+        return finish(state, status_for(exc.disposition), error_info(step, exc))
 
 
 async def _check_then_move_on(state: SagaState, ctx: SagaContext) -> SagaState:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.events import AppointmentInfo, ErrorInfo, LetterInfo, OutcomeStatus, Path, Step
 from schemas.referral_request import IntendedAction, ReferralRequestV1
+from worker.fhir.vocabulary import BookableType
 
 TRANSITIONS: dict[Step, frozenset[Step]] = {
     Step.REFERENCE_DATA: frozenset({Step.SEARCH}),
@@ -175,8 +176,8 @@ def planned_path(action: IntendedAction, target: ShortlistedService) -> Path | N
         return Path.RAS_TRIAGE if target.triage else None
     if not target.appointments:
         return None
-    if target.bookable_type == "INDIRECTLY_BOOKABLE":
+    if target.bookable_type == BookableType.INDIRECTLY_BOOKABLE:
         return Path.IBS_SHORTLISTED
-    if target.bookable_type != "DIRECTLY_BOOKABLE":
+    if target.bookable_type != BookableType.DIRECTLY_BOOKABLE:
         return None
     return Path.DBS_BOOKED if action is IntendedAction.BOOK_EARLIEST else Path.DBS_DEFERRED

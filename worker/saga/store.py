@@ -8,20 +8,17 @@ Rules every backend keeps:
    referrals for one patient racing on e-RS). Patients are known by a keyed hash only,
    kept while the saga is in flight and cleared when it stops.
 3. A finished saga keeps its outcome; claiming it again returns that outcome, so an
-   upstream re-send is answered without a second referral. REAUTHENTICATION_NEEDED and
-   retryable failures are not final: a re-send resumes them from their checkpoint.
+   upstream re-send is answered without a second referral. Which outcomes are final is
+   ``worker.saga.policy``'s to say; the decision a claim makes is ``worker.saga.claims``'.
 4. State is the serialised ``SagaState``: never a token, an NHS number or attachment bytes.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from schemas.events import OutcomeStatus, Step
 from worker.saga.state import SagaState
 
 
@@ -95,31 +92,3 @@ class SagaStore(Protocol):
         ...
 
     async def close(self) -> None: ...
-
-
-def is_final(state: SagaState) -> bool:
-    """Whether a re-send gets the stored outcome (True) or resumes the saga (False)."""
-    if state.status in (OutcomeStatus.COMPLETED, OutcomeStatus.NEEDS_RECONCILIATION):
-        return True
-    return state.status is OutcomeStatus.FAILED and not (state.error and state.error.retryable)
-
-
-def patient_key(nhs_number: str, secret: bytes) -> str:
-    """A keyed hash: equal for one patient, useless for finding the number without the key."""
-    return hmac.new(secret, nhs_number.encode("ascii"), hashlib.sha256).hexdigest()
-
-
-def request_fingerprint(body: bytes, secret: bytes) -> str:
-    """A keyed hash of the request body: tells a re-send from a new request re-using its id."""
-    return hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def resumable(state: SagaState) -> SagaState:
-    """A stored, non-final saga made ready to run on from the step it reached.
-
-    A saga checkpointed at DONE had completed when its process died before storing the
-    outcome: it stays complete, and only its outcome is still to be stored and sent.
-    """
-    if state.step is Step.DONE:
-        return state
-    return state.model_copy(update={"status": None, "error": None, "waiting": None})

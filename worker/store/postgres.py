@@ -11,6 +11,7 @@ from typing import Any
 
 import asyncpg
 
+from worker.saga import claims
 from worker.saga.state import SagaState
 from worker.saga.store import Claim, ClaimKind, LeaseLost, StoredSaga
 
@@ -104,12 +105,9 @@ class PostgresSagaStore:
                 f"SELECT {_COLUMNS} FROM ers_sagas WHERE request_id = $1 FOR UPDATE", request_id
             )
             stored = _stored(row) if row else None
-            if stored and stored.fingerprint and stored.fingerprint != fingerprint:
-                return Claim(ClaimKind.REUSED, stored.state)
-            if stored and stored.final:
-                return Claim(ClaimKind.FINISHED, stored.state, stored.outcome)
-            if stored and stored.owner is not None and (stored.lease_until or 0) > now:
-                return Claim(ClaimKind.BUSY_REQUEST, stored.state)
+            answer = claims.settled(stored, fingerprint, now)
+            if answer is not None:
+                return answer
             other = await conn.fetchval(
                 "SELECT 1 FROM ers_sagas WHERE patient_key = $1 AND request_id <> $2 "
                 "AND owner IS NOT NULL AND lease_until > $3 LIMIT 1",
@@ -118,7 +116,7 @@ class PostgresSagaStore:
                 now,
             )
             if other:
-                return Claim(ClaimKind.BUSY_PATIENT, stored.state if stored else None)
+                return claims.patient_busy(stored)
             lease_until = now + lease_seconds
             if stored:
                 await conn.execute(
@@ -130,7 +128,7 @@ class PostgresSagaStore:
                     now,
                     request_id,
                 )
-                return Claim(ClaimKind.RESUMED, stored.state)
+                return claims.taken(stored, initial)
             inserted = await conn.execute(
                 "INSERT INTO ers_sagas (request_id, state, step, patient_key, owner, "
                 "lease_until, claims, created_at, updated_at, fingerprint) "
@@ -148,7 +146,7 @@ class PostgresSagaStore:
             if inserted.endswith(" 0"):
                 # Another replica inserted it between our read and our insert.
                 return Claim(ClaimKind.BUSY_REQUEST)
-            return Claim(ClaimKind.STARTED, initial)
+            return claims.taken(None, initial)
 
     async def _update(self, sql: str, *params: Any) -> None:
         result = await self._pool.execute(sql, *params)

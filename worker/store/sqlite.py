@@ -15,8 +15,9 @@ from typing import Any
 
 import aiosqlite
 
+from worker.saga import claims
 from worker.saga.state import SagaState
-from worker.saga.store import Claim, ClaimKind, LeaseLost, StoredSaga
+from worker.saga.store import Claim, LeaseLost, StoredSaga
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ers_sagas (
@@ -129,21 +130,16 @@ class SqliteSagaStore:
         async with db.execute(_SELECT, (request_id,)) as cursor:
             row = await cursor.fetchone()
         stored = _stored(row) if row else None
-        if stored and stored.fingerprint and stored.fingerprint != fingerprint:
-            return Claim(ClaimKind.REUSED, stored.state)
-        if stored and stored.final:
-            return Claim(ClaimKind.FINISHED, stored.state, stored.outcome)
-        # Held by anyone, this replica included: a second delivery of the request must not
-        # run the saga beside the first.
-        if stored and stored.owner is not None and (stored.lease_until or 0) > now:
-            return Claim(ClaimKind.BUSY_REQUEST, stored.state)
+        answer = claims.settled(stored, fingerprint, now)
+        if answer is not None:
+            return answer
         async with db.execute(
             "SELECT 1 FROM ers_sagas WHERE patient_key = ? AND request_id <> ? "
             "AND owner IS NOT NULL AND lease_until > ? LIMIT 1",
             (patient_key, request_id, now),
         ) as cursor:
             if await cursor.fetchone():
-                return Claim(ClaimKind.BUSY_PATIENT, stored.state if stored else None)
+                return claims.patient_busy(stored)
         lease_until = now + lease_seconds
         if stored:
             await db.execute(
@@ -151,7 +147,7 @@ class SqliteSagaStore:
                 "claims = claims + 1, updated_at = ? WHERE request_id = ?",
                 (owner, lease_until, patient_key, now, request_id),
             )
-            return Claim(ClaimKind.RESUMED, stored.state)
+            return claims.taken(stored, initial)
         await db.execute(
             "INSERT INTO ers_sagas (request_id, state, step, patient_key, owner, lease_until, "
             "claims, created_at, updated_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
@@ -167,7 +163,7 @@ class SqliteSagaStore:
                 fingerprint or None,
             ),
         )
-        return Claim(ClaimKind.STARTED, initial)
+        return claims.taken(None, initial)
 
     async def _update(self, sql: str, params: tuple[Any, ...]) -> None:
         async with self._lock:

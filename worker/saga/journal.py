@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime
 
-from worker.ops.failpoints import NONE, Failpoints
+from worker.saga.ports import NO_FAILPOINTS, Failpoints
 from worker.saga.state import PendingWrite, SagaState
 from worker.saga.store import SagaStore
 
@@ -26,7 +26,7 @@ class Journal:
         lease_seconds: float,
         now: Callable[[], datetime],
         clock: Callable[[], float] = time.time,
-        failpoints: Failpoints = NONE,
+        failpoints: Failpoints = NO_FAILPOINTS,
     ) -> None:
         self._failpoints = failpoints
         self.current = state

@@ -1,0 +1,29 @@
+"""What the consumer needs to know of the configuration. ``worker.ops.settings.Settings``
+satisfies it; messaging never imports ops."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from pydantic import SecretStr
+
+
+class ConsumerConfig(Protocol):
+    @property
+    def amqp_url(self) -> SecretStr: ...
+    @property
+    def topology_prefix(self) -> str: ...
+    @property
+    def concurrency(self) -> int: ...
+    @property
+    def prefetch(self) -> int: ...
+    @property
+    def delivery_limit(self) -> int: ...
+    @property
+    def retry_delays(self) -> tuple[float, ...]: ...
+    @property
+    def shutdown_grace_seconds(self) -> float: ...
+    @property
+    def metrics_host(self) -> str: ...
+    @property
+    def metrics_port(self) -> int: ...

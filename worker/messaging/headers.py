@@ -1,0 +1,63 @@
+"""The messaging contract's names, each spelled once: AMQP headers and routing keys.
+
+``worker.messaging.asyncapi`` documents each of them; the CLI, the demo, the benchmarks and
+the tests publish with these names, never with literals of their own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+# --- routing keys ---
+REQUEST_ROUTING_KEY = "referral.request"
+OUTCOME_ROUTING_PREFIX = "referral.outcome"  # + ".<status in lower case>"
+LETTER_READY_ROUTING_KEY = "referral.letter_ready"
+
+# --- set by the requester on a request ---
+TOKEN_HEADER = "x-ers-access-token"  # the acting user's CIS2 access token (a secret)
+EXPIRES_HEADER = "x-ers-token-expires-at"  # optional: ISO 8601, epoch seconds or timestamp
+SECRET_HEADERS = frozenset({TOKEN_HEADER, EXPIRES_HEADER})  # never parked, never shown
+
+# --- set by the worker on a request it sends through a delay queue ---
+ATTEMPT_HEADER = "x-ers-attempt"  # trips through a delay queue so far
+FIRST_SEEN_HEADER = "x-ers-first-seen"  # epoch seconds of the first delivery: the budget
+
+# --- set by the worker on a request it parks ---
+REASON_HEADER = "x-ers-reason"
+STEP_HEADER = "x-ers-step"
+OUTCOME_STATUS_HEADER = "x-ers-outcome-status"
+REQUEST_ID_HEADER = "x-ers-request-id"
+PARKED_AT_HEADER = "x-ers-parked-at"
+PROBLEM_HEADER = "x-ers-problem"  # our own text only (fields, rules), never e-RS diagnostics
+PARKED_HEADERS = (
+    REASON_HEADER,
+    STEP_HEADER,
+    OUTCOME_STATUS_HEADER,
+    REQUEST_ID_HEADER,
+    PARKED_AT_HEADER,
+    PROBLEM_HEADER,
+)
+REPLAYED_AT_HEADER = "x-ers-replayed-at"  # set by `dead-letters replay`
+
+# --- set by the worker on an event ---
+SCHEMA_VERSION_HEADER = "x-ers-schema-version"
+
+# --- set by RabbitMQ ---
+DELIVERY_COUNT_HEADER = "x-delivery-count"  # quorum queues: earlier deliveries of this one
+DEATH_HEADER = "x-death"  # the broker's own dead-lettering history
+# What a replayed message must start without: the broker's and the delay trips' counts.
+RESET_ON_REPLAY = frozenset(
+    {DELIVERY_COUNT_HEADER, DEATH_HEADER, ATTEMPT_HEADER, FIRST_SEEN_HEADER}
+)
+
+
+def attempt_of(headers: Mapping[str, Any]) -> int:
+    """How many times the message has been through a delay queue."""
+    value = headers.get(ATTEMPT_HEADER, 0)
+    return value if isinstance(value, int) and value >= 0 else 0
+
+
+def first_seen_of(headers: Mapping[str, Any], default: float) -> float:
+    value = headers.get(FIRST_SEEN_HEADER)
+    return float(value) if isinstance(value, int | float) else default

@@ -1,0 +1,68 @@
+"""Publishing a referral request as an interface engine would: the one way the CLI, the demo,
+the benchmarks and the tests send requests to the worker."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import aio_pika
+import orjson
+from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+
+from worker.messaging.headers import REQUEST_ROUTING_KEY, TOKEN_HEADER
+
+
+def request_message(
+    body: bytes | dict[str, Any],
+    *,
+    reply_to: str | None,
+    correlation_id: str,
+    token: str | None = None,
+    headers: dict[str, Any] | None = None,
+    message_id: str | None = None,
+) -> aio_pika.Message:
+    """A persistent request message with its reply queue and, if given, the user's token."""
+    all_headers: dict[str, Any] = dict(headers or {})
+    if token is not None:
+        all_headers[TOKEN_HEADER] = token
+    return aio_pika.Message(
+        body=body if isinstance(body, bytes) else orjson.dumps(body),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        correlation_id=correlation_id,
+        message_id=message_id or str(uuid.uuid4()),
+        reply_to=reply_to,
+        headers=all_headers,
+    )
+
+
+async def publish_request(
+    exchange: AbstractExchange,
+    body: bytes | dict[str, Any],
+    *,
+    reply_to: str | None,
+    correlation_id: str | None = None,
+    token: str | None = None,
+    headers: dict[str, Any] | None = None,
+) -> str:
+    """Publish one request to the requests exchange; returns its correlation id."""
+    correlation_id = correlation_id or f"req-{uuid.uuid4().hex}"
+    message = request_message(
+        body, reply_to=reply_to, correlation_id=correlation_id, token=token, headers=headers
+    )
+    await exchange.publish(message, routing_key=REQUEST_ROUTING_KEY)
+    return correlation_id
+
+
+def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
+    """The message again, persistent, with these headers (parked, delayed or replayed)."""
+    return aio_pika.Message(
+        body=message.body,
+        headers=headers,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+    )

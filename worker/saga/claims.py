@@ -1,0 +1,68 @@
+"""The claim decision every saga store makes, written once: the backends only read and write.
+
+A backend, inside one transaction:
+1. reads the stored saga (if any) and asks ``settled`` whether the claim is answered without
+   a write (a re-used id, a finished saga, a saga someone holds);
+2. if not, checks whether another saga of the patient holds a lease (``BUSY_PATIENT``);
+3. if not, takes the lease and returns ``taken``.
+
+Patients and request bodies are known to the store only by keyed hashes (``patient_key``,
+``request_fingerprint``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from schemas.events import Step
+from worker.saga.state import SagaState
+from worker.saga.store import Claim, ClaimKind, StoredSaga
+
+
+def settled(stored: StoredSaga | None, fingerprint: str, now: float) -> Claim | None:
+    """The claim's answer when no lease is to be taken, else None."""
+    if stored is None:
+        return None
+    if stored.fingerprint and stored.fingerprint != fingerprint:
+        return Claim(ClaimKind.REUSED, stored.state)
+    if stored.final:
+        return Claim(ClaimKind.FINISHED, stored.state, stored.outcome)
+    # Held by anyone, this replica included: a second delivery of the request must not
+    # run the saga beside the first.
+    if stored.owner is not None and (stored.lease_until or 0) > now:
+        return Claim(ClaimKind.BUSY_REQUEST, stored.state)
+    return None
+
+
+def patient_busy(stored: StoredSaga | None) -> Claim:
+    """Another saga of the patient holds a lease: this one waits."""
+    return Claim(ClaimKind.BUSY_PATIENT, stored.state if stored else None)
+
+
+def taken(stored: StoredSaga | None, initial: SagaState) -> Claim:
+    """The lease is ours: resume the stored saga, or start ``initial``."""
+    if stored is not None:
+        return Claim(ClaimKind.RESUMED, stored.state)
+    return Claim(ClaimKind.STARTED, initial)
+
+
+def patient_key(nhs_number: str, secret: bytes) -> str:
+    """A keyed hash: equal for one patient, useless for finding the number without the key."""
+    return hmac.new(secret, nhs_number.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def request_fingerprint(body: bytes, secret: bytes) -> str:
+    """A keyed hash of the request body: tells a re-send from a new request re-using its id."""
+    return hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def resumable(state: SagaState) -> SagaState:
+    """A stored, non-final saga made ready to run on from the step it reached.
+
+    A saga checkpointed at DONE had completed when its process died before storing the
+    outcome: it stays complete, and only its outcome is still to be stored and sent.
+    """
+    if state.step is Step.DONE:
+        return state
+    return state.model_copy(update={"status": None, "error": None, "waiting": None})

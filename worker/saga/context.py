@@ -1,0 +1,41 @@
+"""What every step is given: the request, the ports it may use, and the saga's options."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from schemas.referral_request import ReferralRequestV1
+from worker.saga.ports import ErsPort, LetterStore
+from worker.saga.reference_data import ReferenceData
+from worker.saga.slot_claims import SlotClaims
+from worker.saga.state import SagaState, TriageRoute
+
+# Dates patients and clinicians see (booking windows, contact-by dates) are English dates.
+LONDON = ZoneInfo("Europe/London")
+
+
+@dataclass(frozen=True, slots=True)
+class SagaOptions:
+    specialty_cs: str
+    triage_route: TriageRoute = TriageRoute.A021
+    slot_page_size: int = 20
+    max_slot_pages: int = 5
+    max_booking_attempts: int = 3
+
+
+@dataclass(frozen=True, slots=True)
+class SagaContext:
+    request: ReferralRequestV1
+    ers: ErsPort
+    letters: LetterStore
+    reference: ReferenceData
+    options: SagaOptions
+    now: Callable[[], datetime]
+    # Shared by the sagas of one handler (so of one process); a fresh one serves a lone saga.
+    slot_claims: SlotClaims = field(default_factory=SlotClaims)
+
+
+StepFn = Callable[[SagaState, SagaContext], Awaitable[SagaState]]

@@ -1,0 +1,102 @@
+"""What an outcome means for its request: the one table every layer reads.
+
+Each outcome falls into one ``OutcomeKind``; the kind's ``Rule`` says whether
+1. it is **final**: a re-send is answered with the stored outcome, not run again (the store);
+2. it is **parked**: the message goes to the dead letters for a person (the handler);
+3. it is **reopenable**: an operator may make it resumable after a fix (``dead-letters
+   replay --reopen``).
+
+``status_for`` gives the outcome status an error's disposition ends a saga with, and
+``PARK_REASONS`` the reasons a message is parked for (the metrics show each from the start).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from schemas.events import ErrorInfo, OutcomeEventV1, OutcomeStatus
+from worker.saga.errors import Disposition
+from worker.saga.state import SagaState
+
+
+class OutcomeKind(StrEnum):
+    COMPLETED = "completed"
+    REJECTED = "rejected"  # invalid message, or a request id re-used for another request
+    REAUTHENTICATE = "reauthenticate"  # no token, token expired, 401
+    RECONCILE = "reconcile"  # NEEDS_RECONCILIATION: e-RS cannot say what happened
+    BUDGET_SPENT = "budget_spent"  # a retryable failure that ran out of retry budget
+    BROKEN = "broken"  # a bug, an answer nobody expected, a message that never settled
+    REFUSED = "refused"  # e-RS or a worker rule said no: final, the requester acts
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    final: bool
+    parked: bool
+    reopenable: bool
+
+
+POLICY: dict[OutcomeKind, Rule] = {
+    OutcomeKind.COMPLETED: Rule(final=True, parked=False, reopenable=False),
+    OutcomeKind.REJECTED: Rule(final=True, parked=True, reopenable=False),
+    OutcomeKind.REAUTHENTICATE: Rule(final=False, parked=False, reopenable=False),
+    OutcomeKind.RECONCILE: Rule(final=True, parked=True, reopenable=True),
+    OutcomeKind.BUDGET_SPENT: Rule(final=False, parked=True, reopenable=True),
+    OutcomeKind.BROKEN: Rule(final=True, parked=True, reopenable=True),
+    OutcomeKind.REFUSED: Rule(final=True, parked=False, reopenable=True),
+}
+
+# FAILED outcomes with these codes are the worker's or e-RS' fault, not the request's.
+BROKEN_CODES = frozenset({"INTERNAL_ERROR", "UNEXPECTED_RESPONSE", "REDELIVERY_LIMIT"})
+PARK_REASONS = (
+    "INVALID_MESSAGE",
+    "NEEDS_RECONCILIATION",
+    "UNEXPECTED_RESPONSE",
+    "INTERNAL_ERROR",
+    "REDELIVERY_LIMIT",
+)
+
+
+def kind_of(status: OutcomeStatus, error: ErrorInfo | None) -> OutcomeKind:
+    if status is OutcomeStatus.COMPLETED:
+        return OutcomeKind.COMPLETED
+    if status is OutcomeStatus.REJECTED:
+        return OutcomeKind.REJECTED
+    if status is OutcomeStatus.REAUTHENTICATION_NEEDED:
+        return OutcomeKind.REAUTHENTICATE
+    if status is OutcomeStatus.NEEDS_RECONCILIATION:
+        return OutcomeKind.RECONCILE
+    if error is not None and error.code in BROKEN_CODES:
+        return OutcomeKind.BROKEN
+    if error is not None and error.retryable:
+        return OutcomeKind.BUDGET_SPENT
+    return OutcomeKind.REFUSED
+
+
+def rule_for(status: OutcomeStatus, error: ErrorInfo | None) -> Rule:
+    return POLICY[kind_of(status, error)]
+
+
+def is_final(state: SagaState) -> bool:
+    """Whether a re-send gets the stored outcome (True) or resumes the saga (False)."""
+    return state.status is not None and rule_for(state.status, state.error).final
+
+
+def needs_a_person(outcome: OutcomeEventV1) -> bool:
+    """Whether the outcome's message is parked for a person."""
+    return rule_for(outcome.status, outcome.error).parked
+
+
+def reopenable(state: SagaState) -> bool:
+    """Whether an operator may make this stored saga resumable again."""
+    return state.status is not None and rule_for(state.status, state.error).reopenable
+
+
+def status_for(disposition: Disposition) -> OutcomeStatus:
+    """The status a saga ends with when an error of this disposition stops it."""
+    if disposition is Disposition.REAUTHENTICATE:
+        return OutcomeStatus.REAUTHENTICATION_NEEDED
+    if disposition is Disposition.ASK_A_PERSON:
+        return OutcomeStatus.NEEDS_RECONCILIATION
+    return OutcomeStatus.FAILED
