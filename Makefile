@@ -5,7 +5,7 @@ STAMP := $(VENV)/.installed-stamp
 PYTHON ?= python3
 SANDBOX_PORT ?= 8765
 
-.PHONY: install run test lint format typecheck pytest schemas sandbox worker bench clean
+.PHONY: install tools run test lint format typecheck pytest schemas sandbox worker bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,17 +15,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP) ## create .venv with the worker, the sandbox and the dev tools
 
+# Idempotent and quiet when both are on PATH; otherwise installs Debian's package (as root).
+tools: ## promtool and prometheus (Debian's `prometheus` package) for tests/test_observability.py
+	bash .ci/install-prometheus
+
 run: $(STAMP) ## sandbox + worker + the sample requests, printing each outcome
 	$(BIN)/ers-worker demo
 
 test: lint typecheck pytest ## everything CI runs
 
-pytest: $(STAMP)
-	$(BIN)/pytest
+# Branch coverage of worker, schemas and sandbox, subprocesses included ([tool.coverage.*]
+# in pyproject.toml); the report closes the run.
+pytest: $(STAMP) tools
+	$(BIN)/pytest --cov --cov-report=term
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports --no-logo
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -47,4 +54,4 @@ bench: $(STAMP) ## throughput and CPU per request through RabbitMQ and the sandb
 	$(BIN)/python -m bench.throughput --requests 200 --concurrency 50
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache letters
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache build/coverage letters
