@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP) ## create .venv with the worker, the sandbox and the dev tools
 
 # Idempotent and quiet when both are on PATH; otherwise installs Debian's package (as root).
-tools: ## promtool and prometheus (Debian's `prometheus` package) for tests/test_observability.py
+tools: ## promtool and prometheus (Debian's `prometheus` package) for tests/integration/test_observability.py
 	bash .ci/install-prometheus
 
 run: $(STAMP) ## sandbox + worker + the sample requests, printing each outcome

@@ -40,8 +40,8 @@ from worker.messaging.headers import EXPIRES_HEADER, TOKEN_HEADER
 from worker.messaging.topology import Names, definitions
 from worker.ops.settings import Settings
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
-DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
+SAMPLES = Path(__file__).resolve().parents[2] / "samples"
+DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 DOCUMENT_URI = "urn:ers-worker:asyncapi"
 TRACE_CONTEXT = {"traceparent": "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"}
 

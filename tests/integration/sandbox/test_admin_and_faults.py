@@ -7,7 +7,7 @@ import time
 import httpx
 
 from sandbox.testing import SandboxAdmin, SandboxHandle
-from tests.sandbox.flows import (
+from tests.integration.sandbox.flows import (
     RC,
     appointment_body,
     create_referral,

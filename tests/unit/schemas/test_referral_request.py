@@ -15,7 +15,7 @@ from schemas.nhs_number import is_valid_nhs_number
 from schemas.referral_request import MAX_ATTACHMENT_BYTES, ReferralRequestV1
 from worker.messaging.intake import Rejection, parse_request
 
-SAMPLES = Path(__file__).resolve().parents[1] / "samples"
+SAMPLES = Path(__file__).resolve().parents[3] / "samples"
 
 
 def valid() -> dict[str, Any]:

@@ -21,7 +21,7 @@ from worker.saga.state import (
     transition,
 )
 
-SAMPLES = FsPath(__file__).resolve().parents[1] / "samples"
+SAMPLES = FsPath(__file__).resolve().parents[3] / "samples"
 DBS = ShortlistedService(service_id="1", name="D", bookable_type="DIRECTLY_BOOKABLE", triage=False)
 IBS = ShortlistedService(
     service_id="2", name="I", bookable_type="INDIRECTLY_BOOKABLE", triage=False

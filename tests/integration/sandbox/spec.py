@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-SPEC_DIR = Path(__file__).resolve().parents[3] / "shared/ers-spec"
+SPEC_DIR = Path(__file__).resolve().parents[4] / "shared/ers-spec"
 EXAMPLES = SPEC_DIR / "examples/stu3"
 ENDPOINTS = SPEC_DIR / "specification/components/stu3/schemas/endpoints"
 RESPONSES = SPEC_DIR / "specification/components/stu3/schemas/responses"

@@ -13,7 +13,7 @@ import pypdf
 import pytest
 
 from sandbox.testing import SandboxAdmin
-from tests.sandbox.flows import (
+from tests.integration.sandbox.flows import (
     FHIR_JSON,
     PATIENT,
     RC,

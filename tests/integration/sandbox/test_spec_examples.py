@@ -13,9 +13,16 @@ import pypdf
 import pytest
 
 from sandbox.testing import SandboxAdmin
-from tests.sandbox.flows import FHIR_JSON, RC, base_url, ers_headers, recent_instant, search
-from tests.sandbox.shapes import assert_same_shape
-from tests.sandbox.spec import (
+from tests.integration.sandbox.flows import (
+    FHIR_JSON,
+    RC,
+    base_url,
+    ers_headers,
+    recent_instant,
+    search,
+)
+from tests.integration.sandbox.shapes import assert_same_shape
+from tests.integration.sandbox.spec import (
     EXAMPLES,
     RESPONSES,
     business_function_for,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from worker.ops.settings import Settings, env_example
 
-ENV_EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "worker.env.example"
+ENV_EXAMPLE = Path(__file__).resolve().parents[3] / "deploy" / "worker.env.example"
 
 
 def test_env_example_lists_every_setting_with_its_default() -> None:

@@ -25,7 +25,7 @@ from worker.messaging.headers import REQUEST_ROUTING_KEY
 from worker.messaging.topology import Names, declare
 from worker.ops.settings import Settings
 
-DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
+DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 REAL_PREFIX = "ers."
 IMPORT_WAIT_SECONDS = 30.0
 

@@ -7,7 +7,15 @@ import httpx
 import pytest
 
 from sandbox.testing import SandboxAdmin
-from tests.sandbox.flows import FHIR_JSON, RC, RCA, base_url, create_body, error_code, ers_headers
+from tests.integration.sandbox.flows import (
+    FHIR_JSON,
+    RC,
+    RCA,
+    base_url,
+    create_body,
+    error_code,
+    ers_headers,
+)
 
 SLOT_QUERY = {
     "schedule.actor:HealthcareService": "11002",

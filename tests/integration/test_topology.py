@@ -11,7 +11,7 @@ import orjson
 from worker.messaging.topology import Names, definitions
 from worker.ops.settings import Settings
 
-DEFINITIONS = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "definitions.json"
+DEFINITIONS = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "definitions.json"
 
 
 def test_definitions_file_is_what_the_worker_declares() -> None:

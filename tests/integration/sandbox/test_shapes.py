@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tests.sandbox.shapes import shape_mismatches
+from tests.integration.sandbox.shapes import shape_mismatches
 
 
 def test_same_keys_and_types_match_whatever_the_values() -> None:

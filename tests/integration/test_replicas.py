@@ -13,7 +13,7 @@ import pytest
 from tests.conftest import ReliabilityFigures
 from tests.harness import Harness, mixed_batch
 from tests.processes import WorkerProcess
-from tests.test_saga_store import POSTGRES_DSN
+from tests.integration.test_saga_store import POSTGRES_DSN
 from worker.ops.failpoints import ENV
 from worker.ops.settings import Settings
 
@@ -37,7 +37,8 @@ async def test_two_replicas_one_dies_everything_completes_once(
     await harness.worker.stop(grace_seconds=1)  # only the replicas consume
     batch = mixed_batch(30, SAMPLES)
     # One saga at a time on the doomed replica, so the kill lands on exactly one saga at a
-    # known point (tests/test_crash_recovery.py covers kills in the middle of e-RS calls).
+    # known point (tests/integration/test_crash_recovery.py covers kills in the middle of
+    # e-RS calls).
     doomed = await WorkerProcess.start(
         postgres_settings,
         **{ENV: "after_checkpoint:UPLOAD", "WORKER_CONCURRENCY": "1", "AMQP_PREFETCH": "1"},

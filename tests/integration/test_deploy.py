@@ -28,7 +28,7 @@ from schemas.referral_request import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS
 from worker.messaging.topology import Names, definitions
 from worker.ops.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 COMPOSE = DEPLOY / "compose.yaml"
