@@ -151,10 +151,11 @@ class ErsClient:
         request_id = response.headers.get("X-Request-ID")
         if response.is_success:
             try:
-                reply = _reply(response, request_id)
-            except orjson.JSONDecodeError:
+                reply = _reply(response, request_id, fhir=endpoint.answers_with_fhir)
+            except (orjson.JSONDecodeError, _NoFhirBody):
                 # A state-changing call that succeeded but cannot be read has had its effect
-                # with facts we did not get: reconcile, never repeat.
+                # with facts we did not get: reconcile, never repeat. That includes a success
+                # without the FHIR body the spec promises (an empty body, a proxy's HTML page).
                 kind = ErsOutcomeUnknown if endpoint.changes_state else ErsUnexpected
                 error = kind(endpoint, response.status_code, "UNREADABLE_BODY")
                 self._record(
@@ -204,12 +205,18 @@ def _retry_now(exc: BaseException) -> bool:
     return isinstance(exc, ErsTransientError) and exc.disposition is Disposition.RETRY_NOW
 
 
-def _reply(response: httpx.Response, request_id: str | None) -> ErsReply:
+class _NoFhirBody(Exception):
+    """A success without the FHIR resource its endpoint answers with."""
+
+
+def _reply(response: httpx.Response, request_id: str | None, *, fhir: bool) -> ErsReply:
     content_type = response.headers.get("Content-Type", "")
     body: Any = None
     content = b""
     if "json" in content_type and response.content:
         body = orjson.loads(response.content)  # a bad body raises JSONDecodeError
+    elif fhir:
+        raise _NoFhirBody
     else:
         content = response.content
     disposition = _FILENAME.search(response.headers.get("Content-Disposition", ""))

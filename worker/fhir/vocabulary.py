@@ -30,6 +30,12 @@ class Endpoint(StrEnum):
         return self in STATE_CHANGING
 
     @property
+    def answers_with_fhir(self) -> bool:
+        """Whether a success carries a FHIR resource (application/fhir+json) per the spec;
+        A019 answers with the letter's bytes and A020 with a Location and no body."""
+        return self not in _NOT_FHIR_ANSWERS
+
+    @property
     def checkable(self) -> bool:
         """Whether A005 can tell, after an unknown outcome, if this call took effect."""
         return self in CHECKABLE_WITH_A005
@@ -38,6 +44,7 @@ class Endpoint(StrEnum):
 STATE_CHANGING = frozenset(
     {Endpoint.A011, Endpoint.A012, Endpoint.A016, Endpoint.A020, Endpoint.A021}
 )
+_NOT_FHIR_ANSWERS = frozenset({Endpoint.A019, Endpoint.A020})
 # A005 shows the letters linked (A012) and the appointment made (A016). e-RS has no lookup by
 # our request for a create (A011/A021) or an upload (A020).
 CHECKABLE_WITH_A005 = frozenset({Endpoint.A012, Endpoint.A016})
