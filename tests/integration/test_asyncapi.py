@@ -34,9 +34,9 @@ from schemas.events import (
 )
 from schemas.referral_request import ReferralRequestV1
 from worker.messaging import asyncapi
-from worker.messaging.consumer import event_message, parked_headers, routing_key
 from worker.messaging.fate import Fate, Handled
 from worker.messaging.headers import EXPIRES_HEADER, TOKEN_HEADER
+from worker.messaging.outgoing import event_message, parked_headers, routing_key
 from worker.messaging.topology import Names, definitions
 from worker.ops.settings import Settings
 

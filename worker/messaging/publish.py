@@ -8,7 +8,7 @@ from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
+from aio_pika.abc import AbstractExchange
 
 from worker.messaging.headers import REQUEST_ROUTING_KEY, TOKEN_HEADER
 
@@ -53,16 +53,3 @@ async def publish_request(
     )
     await exchange.publish(message, routing_key=REQUEST_ROUTING_KEY)
     return correlation_id
-
-
-def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> aio_pika.Message:
-    """The message again, persistent, with these headers (parked, delayed or replayed)."""
-    return aio_pika.Message(
-        body=message.body,
-        headers=headers,
-        content_type=message.content_type,
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-        message_id=message.message_id,
-        correlation_id=message.correlation_id,
-        reply_to=message.reply_to,
-    )
