@@ -12,8 +12,8 @@ import pytest
 
 from tests.conftest import ReliabilityFigures
 from tests.harness import Harness, mixed_batch
-from tests.processes import WorkerProcess
 from tests.integration.test_saga_store import POSTGRES_DSN
+from tests.processes import WorkerProcess
 from worker.ops.failpoints import ENV
 from worker.ops.settings import Settings
 

@@ -32,7 +32,8 @@ from worker.messaging.headers import (
     STEP_HEADER,
     TOKEN_HEADER,
 )
-from worker.messaging.publish import copy_message, publish_request
+from worker.messaging.outgoing import copy_message
+from worker.messaging.publish import publish_request
 from worker.messaging.topology import Names
 from worker.ops.app import open_store
 from worker.ops.settings import Settings
