@@ -52,7 +52,10 @@ async def check_booking(state: SagaState, ctx: SagaContext) -> tuple[SagaState, 
     """Whether the referral was already booked, deferred or sent for triage (A005)."""
     refreshed, facts = await reread(state, ctx)
     if facts.state in ARRANGED_STATES and facts.appointment is not None:
-        return after_appointment(refreshed, facts.appointment), True
+        adopted = after_appointment(refreshed, facts.appointment)
+        # The version A005 read is the referral's own; the appointment's reference to it may
+        # be older.
+        return adopted.model_copy(update={"referral_version": refreshed.referral_version}), True
     return refreshed, False
 
 
