@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Protocol
 
 from worker.fhir.vocabulary import Endpoint
-from worker.saga.ports import AccessToken, BeforeWrite, ErsCall
+from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply
 
 FHIR_JSON = "application/fhir+json"
 
@@ -36,3 +37,9 @@ class Caller:
     now: Callable[[], datetime]
     before_write: BeforeWrite | None = None
     calls: list[ErsCall] = field(default_factory=list)
+
+
+class Sender(Protocol):
+    """What a session hands its calls to: ``worker.ers.client.ErsClient``."""
+
+    async def call(self, request: ErsRequest, caller: Caller) -> ErsReply: ...

@@ -9,23 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from schemas.referral_request import ActingUser
-from worker.ers.request import FHIR_JSON, Caller, ErsRequest
+from worker.ers.request import FHIR_JSON, Caller, ErsRequest, Sender
 from worker.fhir.vocabulary import Endpoint
 from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply
-
-if TYPE_CHECKING:  # the client makes sessions; a session only calls it back
-    from worker.ers.client import ErsClient
 
 
 class ErsSession:
     def __init__(
         self,
-        client: ErsClient,
+        client: Sender,
         user: ActingUser,
         token: AccessToken,
         correlation_id: str,

@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from schemas.referral_request import ActingUser, SearchCriteria
+from worker.fhir.vocabulary import APPOINTMENT_BOOKED, APPOINTMENT_REQUEST, REVIEW_REASON_TRIAGE
 
 Json = dict[str, Any]
 
@@ -93,7 +94,7 @@ def patient_service_search(
 ) -> Json:
     """A010 body."""
     params: list[Json] = [
-        _coding("requestType", f"{_CS}eRS-RequestType-1", "APPOINTMENT_REQUEST"),
+        _coding("requestType", f"{_CS}eRS-RequestType-1", APPOINTMENT_REQUEST),
         _coding("sortBy", f"{_CS}eRS-SortBy-1", criteria.sort_by.value),
         _identifier("patient", NHS_NUMBER, nhs_number),
         *_referring_clinician(user),
@@ -271,7 +272,11 @@ def book_appointment(
     (A016: "Important note when booking slots").
     """
     body = _appointment(
-        ubrn=ubrn, version=version, service_id=service_id, nhs_number=nhs_number, status="booked"
+        ubrn=ubrn,
+        version=version,
+        service_id=service_id,
+        nhs_number=nhs_number,
+        status=APPOINTMENT_BOOKED,
     )
     body.update({"start": start, "end": end, "slot": [{"reference": f"Slot/{slot_id}"}]})
     if clinician is not None:
@@ -317,5 +322,7 @@ def send_for_triage(*, ubrn: str, version: str, service_id: str, nhs_number: str
     body = _appointment(
         ubrn=ubrn, version=version, service_id=service_id, nhs_number=nhs_number, status="proposed"
     )
-    body["reason"] = [{"coding": [{"system": f"{_CS}eRS-ReviewReason-1", "code": "TRIAGE"}]}]
+    body["reason"] = [
+        {"coding": [{"system": f"{_CS}eRS-ReviewReason-1", "code": REVIEW_REASON_TRIAGE}]}
+    ]
     return body

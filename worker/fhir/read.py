@@ -13,7 +13,7 @@ from datetime import datetime
 from typing import Any
 
 from worker.fhir.build import ERS_SERVICE, ODS_ORGANIZATION_CODE, SDS_USER_ID
-from worker.fhir.vocabulary import BookableType
+from worker.fhir.vocabulary import TRIAGE_REQUEST, BookableType
 
 Json = dict[str, Any]
 _SD = "https://fhir.nhs.uk/STU3/StructureDefinition/"
@@ -34,7 +34,7 @@ class FoundService:
 
     @property
     def triage(self) -> bool:
-        return "TRIAGE_REQUEST" in self.request_flow_types
+        return TRIAGE_REQUEST in self.request_flow_types
 
 
 def _codes(concept: Json) -> Iterator[str]:

@@ -55,8 +55,10 @@ class BookableType(StrEnum):
     INDIRECTLY_BOOKABLE = "INDIRECTLY_BOOKABLE"
 
 
-# eRS-RequestType-1: a service that takes appointment requests (as opposed to advice only).
+# eRS-RequestType-1: a service that takes appointment requests (as opposed to advice only),
+# and one that triages referrals.
 APPOINTMENT_REQUEST = "APPOINTMENT_REQUEST"
+TRIAGE_REQUEST = "TRIAGE_REQUEST"
 
 
 class ReferralState(StrEnum):

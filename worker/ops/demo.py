@@ -17,6 +17,7 @@ import aio_pika
 import orjson
 from yarl import URL
 
+from sandbox.testing import running_sandbox
 from worker.messaging.consumer import Worker
 from worker.messaging.publish import publish_request
 from worker.messaging.topology import Names, remove
@@ -100,7 +101,6 @@ async def run_demo(settings: Settings, sample_paths: list[str], timeout: float) 
     if not samples:
         print("no sample requests found (samples/*.json)", file=sys.stderr)
         return 2
-    from sandbox.testing import running_sandbox  # the sandbox is a dev extra, not production
 
     with running_sandbox() as sandbox:
         print(f"e-RS sandbox at {sandbox.base_url}")
