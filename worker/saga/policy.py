@@ -67,10 +67,12 @@ def kind_of(status: OutcomeStatus, error: ErrorInfo | None) -> OutcomeKind:
         return OutcomeKind.REAUTHENTICATE
     if status is OutcomeStatus.NEEDS_RECONCILIATION:
         return OutcomeKind.RECONCILE
-    if error is not None and error.code in BROKEN_CODES:
-        return OutcomeKind.BROKEN
+    # A retryable failure is one that ran out of budget, whatever code e-RS gave it (e-RS may
+    # name a 5xx INTERNAL_ERROR too): a re-send may still resume it.
     if error is not None and error.retryable:
         return OutcomeKind.BUDGET_SPENT
+    if error is not None and error.code in BROKEN_CODES:
+        return OutcomeKind.BROKEN
     return OutcomeKind.REFUSED
 
 

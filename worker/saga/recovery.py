@@ -55,7 +55,8 @@ async def check_booking(state: SagaState, ctx: SagaContext) -> tuple[SagaState, 
         adopted = after_appointment(refreshed, facts.appointment)
         # The version A005 read is the referral's own; the appointment's reference to it may
         # be older.
-        return adopted.model_copy(update={"referral_version": refreshed.referral_version}), True
+        version = refreshed.referral_version or adopted.referral_version
+        return adopted.model_copy(update={"referral_version": version}), True
     return refreshed, False
 
 

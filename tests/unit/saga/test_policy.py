@@ -52,8 +52,9 @@ ROWS: list[tuple[OutcomeStatus, ErrorInfo | None, OutcomeKind]] = [
     (OutcomeStatus.FAILED, err("INTERNAL_ERROR", retryable=False), OutcomeKind.BROKEN),
     (OutcomeStatus.FAILED, err("UNEXPECTED_RESPONSE", retryable=False), OutcomeKind.BROKEN),
     (OutcomeStatus.FAILED, err("REDELIVERY_LIMIT", retryable=False), OutcomeKind.BROKEN),
-    # a broken code wins over retryable
-    (OutcomeStatus.FAILED, err("INTERNAL_ERROR", retryable=True), OutcomeKind.BROKEN),
+    # retryable wins over a broken code: e-RS may name a 5xx INTERNAL_ERROR, and a re-send
+    # of a request that ran out of budget resumes it
+    (OutcomeStatus.FAILED, err("INTERNAL_ERROR", retryable=True), OutcomeKind.BUDGET_SPENT),
     (OutcomeStatus.FAILED, err("SERVICE_UNAVAILABLE", retryable=True), OutcomeKind.BUDGET_SPENT),
     (OutcomeStatus.FAILED, err("PRECONDITION_FAILED", retryable=True), OutcomeKind.BUDGET_SPENT),
     (OutcomeStatus.FAILED, err("NO_RELATIONSHIP", retryable=False), OutcomeKind.REFUSED),
