@@ -122,3 +122,18 @@ async def test_crash_around_an_uncheckable_call_needs_reconciliation(
     if endpoint == "A020":
         assert outcome["ubrn"] == referral["ubrn"]
     assert [p.headers["x-ers-reason"] for p in harness.parked] == ["NEEDS_RECONCILIATION"]
+
+
+async def test_a_crash_while_waiting_to_retry_a_refused_create_sends_it_again(
+    harness: Harness, settings: Settings, reliability: ReliabilityFigures
+) -> None:
+    # e-RS answers the first A011 with 503 (it did not take the request on); the worker dies
+    # while it waits to retry. The successor must send A011 again, not ask a person.
+    await harness.sandbox.add_fault(endpoint="A011", status=503, times=1)
+
+    outcome, referral = await crash_then_recover(harness, settings, "not_taken:A011", reliability)
+
+    assert outcome["status"] == "COMPLETED", outcome["error"]
+    assert outcome["path"] == "DBS_BOOKED"
+    assert outcome["ubrn"] == referral["ubrn"]
+    assert harness.parked == []

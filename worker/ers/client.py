@@ -41,6 +41,7 @@ from worker.saga.errors import (
     ErsRateLimited,
     ErsTransientError,
     ErsUnexpected,
+    SagaError,
     TokenExpired,
 )
 from worker.saga.ports import (
@@ -50,6 +51,7 @@ from worker.saga.ports import (
     ErsCall,
     ErsReply,
     Failpoints,
+    NotTaken,
 )
 
 _FILENAME = re.compile(r'filename="?(?P<name>[^";]+)"?')
@@ -102,20 +104,34 @@ class ErsClient:
         *,
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
+        not_taken: NotTaken | None = None,
     ) -> ErsSession:
         """The ``ErsPort`` of one saga run (``worker.saga.ports.ErsSessions``)."""
-        return ErsSession(self, user, token, correlation_id, now, before_write)
+        return ErsSession(self, user, token, correlation_id, now, before_write, not_taken)
 
     async def call(self, request: ErsRequest, caller: Caller) -> ErsReply:
         """Send one call, retrying what is safe; raise the error its answer stands for."""
-        endpoint = request.endpoint
-        if endpoint.changes_state and caller.before_write is not None:
-            await caller.before_write(endpoint.value)  # write-ahead: pending before sent
-            self._failpoints.hit(f"before_send:{endpoint.value}")
         async for attempt in self._retrying.copy():
             with attempt:
-                return await self._attempt(request, caller)
+                return await self._written_ahead(request, caller)
         raise AssertionError("unreachable: tenacity reraises the last error")
+
+    async def _written_ahead(self, request: ErsRequest, caller: Caller) -> ErsReply:
+        """One attempt, and for a state-changing call its write-ahead mark: set before the
+        attempt, withdrawn when the answer proves e-RS did not act on it. So a crash while
+        waiting to retry a 503 resumes by sending again, not by asking a person."""
+        endpoint = request.endpoint
+        marked = endpoint.changes_state and caller.before_write is not None
+        if marked and caller.before_write is not None:
+            await caller.before_write(endpoint.value)
+            self._failpoints.hit(f"before_send:{endpoint.value}")
+        try:
+            return await self._attempt(request, caller)
+        except SagaError as exc:
+            if marked and caller.not_taken is not None and _not_taken(exc):
+                await caller.not_taken(endpoint.value)
+                self._failpoints.hit(f"not_taken:{endpoint.value}")
+            raise
 
     async def _attempt(self, request: ErsRequest, caller: Caller) -> ErsReply:
         endpoint = request.endpoint
@@ -199,6 +215,12 @@ class ErsClient:
         caller.calls.append(
             ErsCall(endpoint.value, status, at, int(seconds * 1000), request_id, error_code)
         )
+
+
+def _not_taken(exc: SagaError) -> bool:
+    """Whether the error proves the call had no effect: e-RS refused or never saw it. Not an
+    unknown effect, and not an answer the spec does not list (nobody knows what that did)."""
+    return exc.disposition is not Disposition.RECONCILE and not isinstance(exc, ErsUnexpected)
 
 
 def _retry_now(exc: BaseException) -> bool:

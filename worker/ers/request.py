@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Protocol
 
 from worker.fhir.vocabulary import Endpoint
-from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply
+from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply, NotTaken
 
 FHIR_JSON = "application/fhir+json"
 
@@ -36,6 +36,7 @@ class Caller:
     token: AccessToken
     now: Callable[[], datetime]
     before_write: BeforeWrite | None = None
+    not_taken: NotTaken | None = None
     calls: list[ErsCall] = field(default_factory=list)
 
 

@@ -16,7 +16,7 @@ import orjson
 from schemas.referral_request import ActingUser
 from worker.ers.request import FHIR_JSON, Caller, ErsRequest, Sender
 from worker.fhir.vocabulary import Endpoint
-from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply
+from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply, NotTaken
 
 
 class ErsSession:
@@ -28,9 +28,10 @@ class ErsSession:
         correlation_id: str,
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
+        not_taken: NotTaken | None = None,
     ) -> None:
         self._client = client
-        self._caller = Caller(token=token, now=now, before_write=before_write)
+        self._caller = Caller(token=token, now=now, before_write=before_write, not_taken=not_taken)
         self._headers = {
             "NHSD-End-User-Organisation-ODS": user.ods_code,
             "NHSD-eRS-Business-Function": user.business_function.value,

@@ -206,7 +206,12 @@ class RequestHandler:
             failpoints=durable.failpoints,
         )
         session = self._ers.session(
-            request.user, token, correlation_id, now=self._now, before_write=journal.before_write
+            request.user,
+            token,
+            correlation_id,
+            now=self._now,
+            before_write=journal.before_write,
+            not_taken=journal.not_taken,
         )
         ctx = SagaContext(
             request=request,

@@ -7,7 +7,9 @@ root hands a ``Failpoints`` to the parts that have crash points (they see only t
 
 - ``after_checkpoint:<STEP>``  the saga's state was stored as having reached STEP;
 - ``before_send:<Axxx>``       a state-changing call is recorded as pending, not yet sent;
-- ``after_send:<Axxx>``        e-RS has answered (and acted); the answer is not yet read.
+- ``after_send:<Axxx>``        e-RS has answered (and acted); the answer is not yet read;
+- ``not_taken:<Axxx>``         e-RS answered that it did not act (e.g. 503); the mark is gone,
+                               the in-process retry not yet made.
 """
 
 from __future__ import annotations

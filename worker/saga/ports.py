@@ -136,7 +136,10 @@ NO_FAILPOINTS: Failpoints = _NoFailpoints()
 
 
 BeforeWrite = Callable[[str], Awaitable[None]]
-"""Called with the endpoint id before a state-changing call is sent (write-ahead)."""
+"""Called with the endpoint id before each attempt at a state-changing call (write-ahead)."""
+NotTaken = Callable[[str], Awaitable[None]]
+"""Called with the endpoint id when an attempt's answer proves e-RS did not act on it (503,
+429, refused before sending...): the write-ahead mark of that attempt is withdrawn."""
 
 
 class ErsSessions(Protocol):
@@ -150,4 +153,5 @@ class ErsSessions(Protocol):
         *,
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
+        not_taken: NotTaken | None = None,
     ) -> ErsPort: ...

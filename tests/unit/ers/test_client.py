@@ -89,7 +89,8 @@ class FakeErs:
     def __init__(self) -> None:
         self.answers: list[Answer] = []
         self.seen: list[httpx.Request] = []
-        self.events: list[tuple[str, str]] = []  # ("sent", path) and ("before_write", id)
+        # ("sent", path), ("before_write", id) and ("not_taken", id)
+        self.events: list[tuple[str, str]] = []
 
     def script(self, *answers: Answer) -> None:
         self.answers.extend(answers)
@@ -108,6 +109,9 @@ class FakeErs:
 
     async def before_write(self, endpoint: str) -> None:
         self.events.append(("before_write", endpoint))
+
+    async def not_taken(self, endpoint: str) -> None:
+        self.events.append(("not_taken", endpoint))
 
     @property
     def writes(self) -> list[str]:
@@ -144,6 +148,7 @@ class Rig:
             CORRELATION_ID,
             now=now,
             before_write=before_write or self.fake.before_write,
+            not_taken=self.fake.not_taken,
         )
 
     def retries(self, endpoint: str, reason: str) -> float:
@@ -480,12 +485,36 @@ async def test_before_write_comes_before_every_state_changing_call_and_no_read(
         assert kinds == ["sent"]
 
 
-async def test_before_write_comes_once_however_many_attempts(rig: Rig) -> None:
-    rig.fake.script(fhir(503), fhir(503), fhir(201, {}))
+async def test_each_attempt_is_written_ahead_and_withdrawn_when_e_rs_did_not_take_it(
+    rig: Rig,
+) -> None:
+    # A 503 proves e-RS did not take the request on: a crash while waiting to retry must
+    # resume by sending again, not end NEEDS_RECONCILIATION (issue 9's false reconciliations).
+    rig.fake.script(fhir(503), httpx.ConnectError("refused"), fhir(201, {}))
 
     await rig.session().create_referral(BODY)
 
-    assert [kind for kind, _ in rig.fake.events] == ["before_write", "sent", "sent", "sent"]
+    assert [kind for kind, _ in rig.fake.events] == [
+        *("before_write", "sent", "not_taken"),
+        *("before_write", "sent", "not_taken"),
+        *("before_write", "sent"),
+    ]
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [fhir(500), fhir(504), httpx.ReadTimeout("silent"), fhir(418)],
+    ids=["500", "504", "read-timeout", "unlisted-418"],
+)
+async def test_a_mark_stays_when_the_attempt_may_have_been_acted_on(
+    rig: Rig, answer: Answer
+) -> None:
+    rig.fake.script(answer)
+
+    with pytest.raises(ErsError):
+        await rig.session().create_referral(BODY)
+
+    assert [kind for kind, _ in rig.fake.events] == ["before_write", "sent"]
 
 
 async def test_nothing_is_sent_when_the_write_ahead_fails(rig: Rig) -> None:
@@ -565,7 +594,8 @@ async def test_a_connection_failure_on_a_write_is_retried_as_it_was_not_sent(rig
 
     assert reply.status == 201
     assert len(rig.fake.seen) == 2
-    assert rig.fake.writes == ["A011"]
+    assert rig.fake.writes == ["A011", "A011"]  # a mark per attempt, the first withdrawn
+    assert [kind for kind, _ in rig.fake.events].count("not_taken") == 1
 
 
 async def test_a_429_waits_as_long_as_retry_after_says(rig: Rig, waits: list[float]) -> None:

@@ -82,6 +82,7 @@ class FakeErs:
         *,
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
+        not_taken: BeforeWrite | None = None,
     ) -> FakeSession:
         self.sessions.append((user.ods_code, token.value.get_secret_value(), correlation_id))
         return FakeSession(self, now, before_write)
