@@ -137,6 +137,29 @@ async def test_slot_taken_between_search_and_booking_moves_to_the_next(harness: 
     assert outcome["appointment"]["slot_id"] == free[1]["id"]
 
 
+async def test_a_booking_whose_answer_was_lost_is_confirmed_through_a005_with_its_slot(
+    harness: Harness,
+) -> None:
+    # e-RS books the slot, then the answer is lost (504): the worker reads the referral back
+    # and reports the booking with the slot it holds, booked once.
+    await harness.sandbox.add_fault(endpoint="A016", status=504, times=1, after_effect=True)
+    request = sample("01-dbs-booked.json")
+    earliest = min(
+        (s for s in await harness.sandbox.slots("11002") if s["status"] == "free"),
+        key=lambda s: s["start"],
+    )
+
+    _, outcome = await run_one(harness, request)
+
+    assert outcome["status"] == "COMPLETED", outcome["error"]
+    assert outcome["path"] == "DBS_BOOKED"
+    assert outcome["appointment"]["slot_id"] == earliest["id"]
+    busy = [s for s in await harness.sandbox.slots("11002") if s["status"] == "busy"]
+    assert [s["id"] for s in busy] == [earliest["id"]]
+    calls = [c["endpoint"] for c in await harness.sandbox.requests()]
+    assert calls.count("A016") == 1 and "A005" in calls
+
+
 async def test_ibs_is_shortlisted_and_the_letter_tells_the_patient(harness: Harness) -> None:
     request = sample("03-ibs-shortlisted.json")
 

@@ -176,6 +176,7 @@ class AppointmentFacts:
     start: str | None
     end: str | None
     referral_version: str | None
+    slot_id: str | None = None  # Appointment.slot: the booked slot, as A005 also shows it
 
 
 def appointment_facts(body: Json) -> AppointmentFacts:
@@ -190,6 +191,14 @@ def appointment_facts(body: Json) -> AppointmentFacts:
         if match:
             version = match.group("version")
     created = body.get("created")
+    slot = next(
+        (
+            ref["reference"].removeprefix("Slot/")
+            for ref in body.get("slot", [])
+            if isinstance(ref, dict) and str(ref.get("reference", "")).startswith("Slot/")
+        ),
+        None,
+    )
     return AppointmentFacts(
         appointment_id=str(body.get("id", "")),
         status=str(body.get("status", "")),
@@ -198,6 +207,7 @@ def appointment_facts(body: Json) -> AppointmentFacts:
         start=body.get("start"),
         end=body.get("end"),
         referral_version=version,
+        slot_id=slot,
     )
 
 

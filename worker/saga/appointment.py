@@ -34,7 +34,7 @@ def after_appointment(
     appointment = AppointmentInfo(
         appointment_id=facts.appointment_id,
         service_id=state.target.service_id,
-        slot_id=slot.slot_id if slot else None,
+        slot_id=slot.slot_id if slot else facts.slot_id,
         start=_instant_or_none(facts.start or (slot.start if slot else None)),
         end=_instant_or_none(facts.end or (slot.end if slot else None)),
         status=facts.status,

@@ -179,7 +179,16 @@ def test_a_booking() -> None:
         start="2021-07-11T12:00:00+00:00",
         end="2021-07-11T13:00:00+00:00",
         referral_version="8",  # from incomingReferral ReferralRequest/000000070000/_history/8
+        slot_id="11000021",  # from slot Slot/11000021
     )
+
+
+def test_a_booked_referral_read_back_names_its_slot() -> None:
+    # Issue 9: a booking confirmed through A005 (its A016 answer lost) reports its slot.
+    facts = referral_facts(example("retrieveReferralRequest/responses/BookedDBS.json"), None)
+
+    assert facts.appointment is not None
+    assert facts.appointment.slot_id == "11002001"
 
 
 @pytest.mark.parametrize(

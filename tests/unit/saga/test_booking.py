@@ -151,6 +151,7 @@ async def test_the_earliest_slot_across_pages_is_booked() -> None:
     assert state.appointment.status == "booked"
     assert state.appointment.start is not None
     assert state.appointment.start.isoformat() == "2025-07-01T09:00:00+00:00"
+    assert state.appointment.slot_id == S1.slot_id  # read from the appointment A005 shows
 
 
 async def test_no_more_than_max_slot_pages_are_read() -> None:
