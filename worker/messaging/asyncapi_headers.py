@@ -65,9 +65,11 @@ def header_schemas() -> dict[str, Any]:
                 "request has been through a delay queue.",
             },
             FIRST_SEEN_HEADER: {
-                "type": "number",
-                "description": "Set by the worker, not by senders: Unix time the request "
-                "was first received (RETRY_BUDGET_SECONDS counts from it).",
+                "type": "integer",
+                "minimum": 0,
+                "description": "Set by the worker, not by senders: Unix time in "
+                "milliseconds the request was first received (RETRY_BUDGET_SECONDS counts "
+                "from it).",
             },
             DELIVERY_COUNT_HEADER: {
                 "type": "integer",
@@ -130,7 +132,7 @@ def header_schemas() -> dict[str, Any]:
                 "free text); only for errors not answered by e-RS.",
             },
             ATTEMPT_HEADER: {"type": "integer", "minimum": 0},
-            FIRST_SEEN_HEADER: {"type": "number"},
+            FIRST_SEEN_HEADER: {"type": "integer", "minimum": 0},
         },
         "required": list(PARKED_HEADERS_ALWAYS),
         "not": {"anyOf": [{"required": [TOKEN_HEADER]}, {"required": [EXPIRES_HEADER]}]},

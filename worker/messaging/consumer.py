@@ -39,6 +39,7 @@ from worker.messaging.headers import (
     DELIVERY_COUNT_HEADER,
     FIRST_SEEN_HEADER,
     attempt_of,
+    first_seen_value,
 )
 from worker.messaging.outgoing import copy_message, event_message, parked_headers, routing_key
 from worker.messaging.topology import Names, Topology, declare
@@ -224,7 +225,7 @@ class Worker:
             headers = dict(message.headers or {})
             headers.pop(DELIVERY_COUNT_HEADER, None)
             headers[ATTEMPT_HEADER] = attempt_of(headers) + 1
-            headers.setdefault(FIRST_SEEN_HEADER, time.time())
+            headers.setdefault(FIRST_SEEN_HEADER, first_seen_value(time.time()))
             queue = topology.names.delay_queue(handled.delay_seconds)
             await topology.default.publish(copy_message(message, headers), routing_key=queue)
             metrics.delayed.labels(f"{handled.delay_seconds:g}", bounded_code(handled.reason)).inc()

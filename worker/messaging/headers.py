@@ -21,7 +21,9 @@ SECRET_HEADERS = frozenset({TOKEN_HEADER, EXPIRES_HEADER})  # never parked, neve
 
 # --- set by the worker on a request it sends through a delay queue ---
 ATTEMPT_HEADER = "x-ers-attempt"  # trips through a delay queue so far
-FIRST_SEEN_HEADER = "x-ers-first-seen"  # epoch seconds of the first delivery: the budget
+# Epoch MILLISECONDS of the first delivery, an integer: the retry budget counts from it. (A
+# float went through the broker as 32 bits: 1796163378.8 came back as 1796163328.0.)
+FIRST_SEEN_HEADER = "x-ers-first-seen"
 
 # --- set by the worker on a request it parks ---
 REASON_HEADER = "x-ers-reason"
@@ -58,6 +60,18 @@ def attempt_of(headers: Mapping[str, Any]) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
+def first_seen_value(now: float) -> int:
+    """The header's value for a message first seen at ``now`` (epoch seconds)."""
+    return int(now * 1000)
+
+
 def first_seen_of(headers: Mapping[str, Any], default: float) -> float:
+    """Epoch seconds the message was first seen. An integer is milliseconds; a float is the
+    seconds written before the header became an integer (messages already in delay queues
+    when the worker was upgraded)."""
     value = headers.get(FIRST_SEEN_HEADER)
-    return float(value) if isinstance(value, int | float) else default
+    if isinstance(value, bool):
+        return default
+    if isinstance(value, int):
+        return value / 1000
+    return float(value) if isinstance(value, float) else default
