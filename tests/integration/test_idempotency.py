@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import orjson
 import pytest
 
 from tests.harness import Harness, sample
@@ -24,6 +25,43 @@ async def test_resend_after_it_finished_returns_the_same_outcome(harness: Harnes
     assert len(referrals) == 1
     assert len(harness.letters(first)) == 1
     assert harness.letters(again) == []
+
+
+async def test_a_resend_reserialised_by_the_engine_gets_the_same_outcome(
+    harness: Harness,
+) -> None:
+    # The interface engine re-serialised the request: other key order, no whitespace, a
+    # number written as a float. Same content, so the same request: its original outcome.
+    request = sample("03-ibs-shortlisted.json")
+    pretty = orjson.dumps(request, option=orjson.OPT_INDENT_2)
+    first = await harness.publish(pretty)
+    original = await harness.outcome(first)
+    reordered = dict(reversed(list(request.items())))
+    reordered["referral"] = {**request["referral"], "first_reminder_letter_follow_up_days": 0.0}
+    compact = orjson.dumps(reordered)
+    assert compact != pretty
+    again = await harness.publish(compact)
+    replayed = await harness.outcome(again)
+    await harness.settle()
+
+    assert original["status"] == "COMPLETED"
+    assert replayed == original  # the stored event itself, event_id included
+    nhs_number = request["patient"]["nhs_number"]
+    referrals = [r for r in await harness.sandbox.referrals() if r["nhs_number"] == nhs_number]
+    assert len(referrals) == 1
+
+
+async def test_a_different_request_under_a_used_id_is_still_refused(harness: Harness) -> None:
+    request = sample("03-ibs-shortlisted.json")
+    first = await harness.publish(request)
+    assert (await harness.outcome(first))["status"] == "COMPLETED"
+    changed = {**request, "search": {**request["search"], "priority": "URGENT"}}
+    again = await harness.publish(changed)
+    refused = await harness.outcome(again)
+    await harness.settle()
+
+    assert refused["status"] == "REJECTED"
+    assert [e["field"] for e in refused["validation_errors"]] == ["request_id"]
 
 
 async def test_resends_while_in_flight_make_one_referral(harness: Harness) -> None:

@@ -147,3 +147,24 @@ async def test_a_store_made_before_fingerprints_is_upgraded(tmp_path: Path) -> N
         assert reused.kind is ClaimKind.REUSED
     finally:
         await store.close()
+
+
+async def test_a_saga_stored_under_its_legacy_fingerprint_is_still_the_same_request(
+    store: SagaStore,
+) -> None:
+    # A saga in flight across the upgrade holds the raw-bytes fingerprint; its redelivery
+    # comes with the canonical one and offers the raw one too. It resumes, never REUSED.
+    first = await store.claim(saga(), ALICE, "a", LEASE, now=100.0, fingerprint="raw")
+    assert first.kind is ClaimKind.STARTED
+    assert first.state is not None
+    await store.release(first.state, "a", now=101.0)
+
+    again = await store.claim(
+        saga(), ALICE, "a", LEASE, now=102.0, fingerprint="canonical", also_matches=("raw",)
+    )
+    other = await store.claim(
+        saga(), ALICE, "a", LEASE, now=103.0, fingerprint="canonical", also_matches=("else",)
+    )
+
+    assert again.kind is ClaimKind.RESUMED
+    assert other.kind is ClaimKind.REUSED

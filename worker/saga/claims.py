@@ -15,16 +15,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+import orjson
+
 from schemas.events import Step
+from schemas.referral_request import ReferralRequestV1
 from worker.saga.state import SagaState
 from worker.saga.store import Claim, ClaimKind, StoredSaga
 
 
-def settled(stored: StoredSaga | None, fingerprint: str, now: float) -> Claim | None:
-    """The claim's answer when no lease is to be taken, else None."""
+def settled(
+    stored: StoredSaga | None, fingerprint: str, now: float, *, also: tuple[str, ...] = ()
+) -> Claim | None:
+    """The claim's answer when no lease is to be taken, else None. The request is the stored
+    one if its fingerprint, or one of ``also`` (the legacy form), is the one stored."""
     if stored is None:
         return None
-    if stored.fingerprint and stored.fingerprint != fingerprint:
+    if stored.fingerprint and stored.fingerprint not in (fingerprint, *also):
         return Claim(ClaimKind.REUSED, stored.state)
     if stored.final:
         return Claim(ClaimKind.FINISHED, stored.state, stored.outcome)
@@ -52,8 +58,18 @@ def patient_key(nhs_number: str, secret: bytes) -> str:
     return hmac.new(secret, nhs_number.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def request_fingerprint(body: bytes, secret: bytes) -> str:
-    """A keyed hash of the request body: tells a re-send from a new request re-using its id."""
+def request_fingerprint(request: ReferralRequestV1, secret: bytes) -> str:
+    """A keyed hash of the request's validated content in a canonical form (keys sorted, no
+    whitespace, numbers as the contract types them): tells a re-send from a new request
+    re-using its id, even when the upstream engine re-serialised the JSON."""
+    canonical = orjson.dumps(request.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return hmac.new(secret, b"v2:" + canonical, hashlib.sha256).hexdigest()
+
+
+def raw_fingerprint(body: bytes, secret: bytes) -> str:
+    """The fingerprint sagas stored before ``request_fingerprint``: a keyed hash of the raw
+    bytes. Still accepted, so that a saga in flight across the upgrade is not refused as a
+    re-used id when its message comes back."""
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 

@@ -65,8 +65,10 @@ class SagaStore(Protocol):
         lease_seconds: float,
         now: float,
         fingerprint: str = "",
+        also_matches: tuple[str, ...] = (),
     ) -> Claim:
-        """Take the saga of ``initial.request_id`` (stored as ``initial`` when new)."""
+        """Take the saga of ``initial.request_id`` (stored as ``initial`` when new, with
+        ``fingerprint``); a stored fingerprint equal to one of ``also_matches`` counts too."""
         ...
 
     async def checkpoint(

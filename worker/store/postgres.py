@@ -97,6 +97,7 @@ class PostgresSagaStore:
         lease_seconds: float,
         now: float,
         fingerprint: str = "",
+        also_matches: tuple[str, ...] = (),
     ) -> Claim:
         request_id = initial.request_id
         async with self._pool.acquire() as conn, conn.transaction():
@@ -105,7 +106,7 @@ class PostgresSagaStore:
                 f"SELECT {_COLUMNS} FROM ers_sagas WHERE request_id = $1 FOR UPDATE", request_id
             )
             stored = _stored(row) if row else None
-            answer = claims.settled(stored, fingerprint, now)
+            answer = claims.settled(stored, fingerprint, now, also=also_matches)
             if answer is not None:
                 return answer
             other = await conn.fetchval(

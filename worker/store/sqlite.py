@@ -96,6 +96,7 @@ class SqliteSagaStore:
         lease_seconds: float,
         now: float,
         fingerprint: str = "",
+        also_matches: tuple[str, ...] = (),
     ) -> Claim:
         db = self._db
 
@@ -104,7 +105,7 @@ class SqliteSagaStore:
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     claim = await self._claim(
-                        initial, patient_key, owner, lease_seconds, now, fingerprint
+                        initial, patient_key, owner, lease_seconds, now, fingerprint, also_matches
                     )
                 except BaseException:
                     await db.execute("ROLLBACK")
@@ -124,13 +125,14 @@ class SqliteSagaStore:
         lease_seconds: float,
         now: float,
         fingerprint: str = "",
+        also_matches: tuple[str, ...] = (),
     ) -> Claim:
         db = self._db
         request_id = initial.request_id
         async with db.execute(_SELECT, (request_id,)) as cursor:
             row = await cursor.fetchone()
         stored = _stored(row) if row else None
-        answer = claims.settled(stored, fingerprint, now)
+        answer = claims.settled(stored, fingerprint, now, also=also_matches)
         if answer is not None:
             return answer
         async with db.execute(

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from schemas.events import ErrorInfo, OutcomeStatus, Step
+from schemas.referral_request import ReferralRequestV1
 from tests.unit.fakes import NOW
+from worker.ops.samples import sample
 from worker.saga.claims import (
     patient_busy,
     patient_key,
+    raw_fingerprint,
     request_fingerprint,
     resumable,
     settled,
@@ -138,23 +142,57 @@ def test_a_patient_key_is_stable_keyed_and_hides_the_number() -> None:
     assert NHS_NUMBER not in key
 
 
-def test_a_request_fingerprint_is_stable_keyed_and_hides_the_body() -> None:
+def _request(data: dict[str, Any]) -> ReferralRequestV1:
+    return ReferralRequestV1.model_validate(data)
+
+
+def test_a_raw_fingerprint_is_stable_keyed_and_hides_the_body() -> None:
     body = f'{{"patient": {{"nhs_number": "{NHS_NUMBER}"}}}}'.encode()
 
-    fingerprint = request_fingerprint(body, SECRET)
+    fingerprint = raw_fingerprint(body, SECRET)
 
-    assert fingerprint == request_fingerprint(body, SECRET)
-    assert fingerprint != request_fingerprint(body, b"another secret")
-    assert fingerprint != request_fingerprint(body + b" ", SECRET)
+    assert fingerprint == raw_fingerprint(body, SECRET)
+    assert fingerprint != raw_fingerprint(body, b"another secret")
+    assert fingerprint != raw_fingerprint(body + b" ", SECRET)
     assert len(fingerprint) == 64
     assert NHS_NUMBER not in fingerprint
+
+
+def test_a_request_fingerprint_ignores_how_the_json_was_written() -> None:
+    data = sample("03-ibs-shortlisted.json")
+    pretty = orjson.dumps(data, option=orjson.OPT_INDENT_2)
+    compact = orjson.dumps(dict(reversed(list(data.items()))))
+
+    fingerprint = request_fingerprint(_request(orjson.loads(pretty)), SECRET)
+
+    assert fingerprint == request_fingerprint(_request(orjson.loads(compact)), SECRET)
+    assert raw_fingerprint(pretty, SECRET) != raw_fingerprint(compact, SECRET)
+    assert fingerprint != request_fingerprint(_request(orjson.loads(pretty)), b"another secret")
+    assert len(fingerprint) == 64
+    assert data["patient"]["nhs_number"] not in fingerprint
+
+
+def test_a_request_fingerprint_tells_a_different_request_apart() -> None:
+    data = sample("03-ibs-shortlisted.json")
+    changed = {**data, "search": {**data["search"], "priority": "URGENT"}}
+
+    assert request_fingerprint(_request(data), SECRET) != request_fingerprint(
+        _request(changed), SECRET
+    )
+
+
+def test_a_legacy_raw_fingerprint_still_matches_when_offered() -> None:
+    row = stored(fingerprint="raw-fp")
+
+    assert settled(row, "canonical-fp", NOW_S) == Claim(ClaimKind.REUSED, row.state)
+    assert settled(row, "canonical-fp", NOW_S, also=("raw-fp",)) is None
 
 
 def test_patient_keys_and_fingerprints_are_not_plain_hashes() -> None:
     import hashlib
 
     assert patient_key(NHS_NUMBER, SECRET) != hashlib.sha256(NHS_NUMBER.encode()).hexdigest()
-    assert request_fingerprint(b"x", SECRET) != hashlib.sha256(b"x").hexdigest()
+    assert raw_fingerprint(b"x", SECRET) != hashlib.sha256(b"x").hexdigest()
 
 
 # --- resumable --------------------------------------------------------------------------------
