@@ -313,6 +313,30 @@ async def test_no_valid_token_asks_for_reauthentication(
     assert harness.parked == []
 
 
+@pytest.mark.parametrize(
+    ("token", "why"),
+    [
+        ("abc\r\nX-Injected: 1", "line break"),
+        ("t\u00f6ken", "visible ASCII"),
+        ("a b", "visible ASCII"),
+        ("x" * 20_000, "longer than"),
+    ],
+    ids=["crlf", "non-ascii", "space", "too-long"],
+)
+async def test_a_malformed_token_asks_for_reauthentication_with_no_e_rs_call(
+    harness: Harness, token: str, why: str
+) -> None:
+    cid, outcome = await run_one(harness, sample("01-dbs-booked.json"), token=token)
+
+    assert_one_outcome_each_way(harness, cid, letters=0)
+    assert outcome["status"] == "REAUTHENTICATION_NEEDED"
+    assert outcome["error"]["code"] == "TOKEN_MALFORMED"
+    assert "x-ers-access-token" in outcome["error"]["text"] and why in outcome["error"]["text"]
+    assert token not in str(outcome)
+    assert await harness.sandbox.requests() == []
+    assert harness.parked == []
+
+
 async def test_transient_e_rs_faults_are_retried(harness: Harness) -> None:
     await harness.sandbox.add_fault(endpoint="A010", status=503, times=2)
     await harness.sandbox.add_fault(endpoint="A019", status=429, times=1, retry_after=0)

@@ -18,6 +18,7 @@ from worker.saga.errors import (
     ErsRejected,
     ErsTransientError,
     ErsUnexpected,
+    RequestNotSendable,
 )
 
 # The statuses the spec lists for the referrer-flow endpoints; anything else is unexpected.
@@ -69,6 +70,12 @@ def classify_status(
 
 def classify_transport(endpoint: Endpoint, exc: httpx.TransportError) -> ErsError:
     """A failure with no HTTP answer: was the request surely not sent, or maybe acted on?"""
+    if isinstance(exc, httpx.LocalProtocolError):
+        # httpx refused to send what we built (e.g. a header with a line break): nothing
+        # was sent, and sending it again would fail the same way.
+        return RequestNotSendable(
+            endpoint, None, "REQUEST_NOT_SENDABLE", diagnostics=type(exc).__name__
+        )
     not_sent = isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout | httpx.PoolTimeout)
     code = "TIMEOUT" if isinstance(exc, httpx.TimeoutException) else "CONNECTION_ERROR"
     if not_sent or not endpoint.changes_state:

@@ -38,6 +38,7 @@ from worker.saga.ports import (
     ErsSessions,
     Failpoints,
     LetterStore,
+    MalformedToken,
     TokenProvider,
 )
 from worker.saga.reference_data import ReferenceData
@@ -178,7 +179,15 @@ class RequestHandler:
             case ClaimKind.BUSY_REQUEST | ClaimKind.BUSY_PATIENT:
                 return self._busy(request, msg, claim.kind, correlation_id)
         assert claim.state is not None
-        token = self._tokens.token_for(msg.headers)
+        try:
+            token = self._tokens.token_for(msg.headers)
+        except MalformedToken as exc:
+            await durable.store.release(claim.state, durable.owner, self._clock())
+            log.warning("malformed token", extra={"request_id": request.request_id})
+            return self._answers.not_started(
+                request.request_id, correlation_id, request.source_system,
+                OutcomeStatus.REAUTHENTICATION_NEEDED, outcomes.malformed_token(str(exc)),
+            )  # fmt: skip
         if token is None or token.expired(self._now()):
             await durable.store.release(claim.state, durable.owner, self._clock())
             return self._answers.not_started(

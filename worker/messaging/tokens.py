@@ -7,6 +7,7 @@ user's token travels with each request in an AMQP header. Both providers impleme
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -15,7 +16,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from worker.messaging.headers import EXPIRES_HEADER, TOKEN_HEADER
-from worker.saga.ports import AccessToken
+from worker.saga.ports import AccessToken, MalformedToken
 
 
 def _as_text(value: Any) -> str | None:
@@ -52,6 +53,25 @@ def _expiry(value: Any) -> datetime | None:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+# A bearer token is printable ASCII without spaces (RFC 6750's b64token is narrower still).
+# Anything else makes httpx refuse to send the header, which is no outage to retry for hours.
+_VISIBLE = re.compile(r"[\x21-\x7e]+")
+MAX_TOKEN_LENGTH = 16_384
+
+
+def check_shape(token: str) -> None:
+    """Raise ``MalformedToken`` saying why, if the token could never be sent."""
+    if len(token) > MAX_TOKEN_LENGTH:
+        raise MalformedToken(f"{TOKEN_HEADER} is longer than {MAX_TOKEN_LENGTH} characters")
+    if "\r" in token or "\n" in token:
+        raise MalformedToken(f"{TOKEN_HEADER} holds a line break (CR or LF)")
+    if not _VISIBLE.fullmatch(token):
+        raise MalformedToken(
+            f"{TOKEN_HEADER} holds characters other than visible ASCII (spaces, control "
+            "characters or non-ASCII)"
+        )
+
+
 class MessageHeaderTokenProvider:
     """The production provider: the token upstream put in the message's headers."""
 
@@ -61,6 +81,7 @@ class MessageHeaderTokenProvider:
             return None
         if raw.lower().startswith("bearer "):
             raw = raw[7:]
+        check_shape(raw)
         return AccessToken(SecretStr(raw), _expiry(headers.get(EXPIRES_HEADER)))
 
 

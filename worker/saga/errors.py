@@ -11,7 +11,8 @@ event all read it from here.
     │   ├── ErsLocked                 423: someone else is updating it     WAIT
     │   ├── ErsRejected               other 4xx: refused as it stands      FAIL
     │   ├── ErsUnexpected             an answer the spec does not list     FAIL (parked)
-    │   └── ErsOutcomeUnknown         sent, effect unknown                 RECONCILE
+    │   ├── ErsOutcomeUnknown         sent, effect unknown                 RECONCILE
+    │   └── RequestNotSendable        httpx refused to send what we built  FAIL (parked)
     ├── TokenExpired                  expired before the call was made     REAUTHENTICATE
     ├── NeedsReconciliation           an unknown effect e-RS cannot tell   ASK_A_PERSON
     └── BusinessRuleFailure           the worker refused to go on          FAIL
@@ -129,6 +130,13 @@ class ErsOutcomeUnknown(ErsError):
     """Sent, but no answer: repeating could refer or book twice, so reconcile first."""
 
     disposition = Disposition.RECONCILE
+
+
+class RequestNotSendable(ErsError):
+    """Our own request could not be sent (httpx's LocalProtocolError): never sent, and a
+    retry would fail the same way; a bug or bad input for a person to look at."""
+
+    disposition = Disposition.FAIL
 
 
 class TokenExpired(SagaError):

@@ -122,6 +122,16 @@ def no_token(expired: bool) -> ErrorInfo:
     )
 
 
+def malformed_token(why: str) -> ErrorInfo:
+    """``why`` names the header and the fault, never the token's value."""
+    return ErrorInfo(
+        step=Step.REFERENCE_DATA,
+        code="TOKEN_MALFORMED",
+        text=f"{why}: it cannot be sent to e-RS; re-send with a fresh CIS2 token",
+        retryable=True,
+    )
+
+
 def busy_too_long(code: str) -> ErrorInfo:
     return ErrorInfo(
         step=Step.REFERENCE_DATA,

@@ -48,13 +48,17 @@ POLICY: dict[OutcomeKind, Rule] = {
 }
 
 # FAILED outcomes with these codes are the worker's or e-RS' fault, not the request's.
-BROKEN_CODES = frozenset({"INTERNAL_ERROR", "UNEXPECTED_RESPONSE", "REDELIVERY_LIMIT"})
+BROKEN_CODES = frozenset(
+    {"INTERNAL_ERROR", "UNEXPECTED_RESPONSE", "REDELIVERY_LIMIT", "REQUEST_NOT_SENDABLE"}
+)
 PARK_REASONS = (
     "INVALID_MESSAGE",
     "NEEDS_RECONCILIATION",
     "UNEXPECTED_RESPONSE",
     "INTERNAL_ERROR",
     "REDELIVERY_LIMIT",
+    "REQUEST_NOT_SENDABLE",
+    "REQUEST_ID_REUSED",
 )
 
 

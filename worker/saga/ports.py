@@ -105,9 +105,15 @@ class AccessToken:
         return self.expires_at is not None and now >= self.expires_at
 
 
+class MalformedToken(ValueError):
+    """A token that could never be sent (control characters, not visible ASCII, absurd
+    length). The message says why, never what the token was."""
+
+
 class TokenProvider(Protocol):
     def token_for(self, headers: Mapping[str, Any]) -> AccessToken | None:
-        """The token for the message with these AMQP headers, or None when there is none."""
+        """The token for the message with these AMQP headers, or None when there is none;
+        raises ``MalformedToken`` for one that cannot be sent."""
         ...
 
 

@@ -21,6 +21,7 @@ from worker.saga.errors import (
     ErsRejected,
     ErsTransientError,
     ErsUnexpected,
+    RequestNotSendable,
 )
 
 # Written out here rather than read from the vocabulary, so that a change to it shows.
@@ -223,3 +224,14 @@ def test_a_failure_without_an_answer_is_retryable_unless_a_write_may_have_landed
     assert error.diagnostics == kind.__name__
     assert error.endpoint == endpoint
     assert "answered nothing" in str(error)
+
+
+@pytest.mark.parametrize("endpoint", [*READS, *WRITES])
+def test_a_request_httpx_refuses_to_send_is_not_sent_and_not_retried(endpoint: Endpoint) -> None:
+    # e.g. a header value with a line break: httpx raises before anything leaves the process.
+    error = classify_transport(endpoint, _transport_error(httpx.LocalProtocolError))
+
+    assert type(error) is RequestNotSendable
+    assert error.disposition is Disposition.FAIL
+    assert error.code == "REQUEST_NOT_SENDABLE"
+    assert error.diagnostics == "LocalProtocolError"

@@ -159,6 +159,7 @@ DISPOSITIONS: dict[type[SagaError], Disposition] = {
     errors.ErsRejected: Disposition.FAIL,
     errors.ErsUnexpected: Disposition.FAIL,
     errors.ErsOutcomeUnknown: Disposition.RECONCILE,
+    errors.RequestNotSendable: Disposition.FAIL,
     errors.TokenExpired: Disposition.REAUTHENTICATE,
     errors.NeedsReconciliation: Disposition.ASK_A_PERSON,
     errors.BusinessRuleFailure: Disposition.FAIL,
