@@ -160,6 +160,25 @@ async def test_a_booking_whose_answer_was_lost_is_confirmed_through_a005_with_it
     assert calls.count("A016") == 1 and "A005" in calls
 
 
+async def test_an_upload_whose_answer_was_lost_is_uploaded_again_and_linked_once(
+    harness: Harness,
+) -> None:
+    # e-RS stores the file, then the answer is lost (504): the orphan Binary is inert, so the
+    # worker uploads again and links only the upload it heard about.
+    await harness.sandbox.add_fault(endpoint="A020", status=504, times=1, after_effect=True)
+    request = sample("01-dbs-booked.json")
+
+    _, outcome = await run_one(harness, request)
+
+    assert outcome["status"] == "COMPLETED", outcome["error"]
+    assert outcome["attachments_linked"] == 1
+    referral = await only_referral_for(harness, request["patient"]["nhs_number"])
+    assert len(referral["attachments"]) == 1
+    calls = [c["endpoint"] for c in await harness.sandbox.requests()]
+    assert calls.count("A020") == 2 and calls.count("A012") == 1
+    assert harness.parked == []
+
+
 async def test_ibs_is_shortlisted_and_the_letter_tells_the_patient(harness: Harness) -> None:
     request = sample("03-ibs-shortlisted.json")
 

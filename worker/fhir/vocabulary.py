@@ -36,6 +36,13 @@ class Endpoint(StrEnum):
         return self not in _NOT_FHIR_ANSWERS
 
     @property
+    def repeatable_when_unknown(self) -> bool:
+        """Whether a call with an unknown effect may simply be sent again: an A020 upload
+        that did land is an unlinked Binary, inert, since only what A012 links is part of
+        the referral."""
+        return self is Endpoint.A020
+
+    @property
     def checkable(self) -> bool:
         """Whether A005 can tell, after an unknown outcome, if this call took effect."""
         return self in CHECKABLE_WITH_A005

@@ -4,8 +4,9 @@ Rules:
 1. A state-changing call whose effect is unknown is never simply repeated. The saga reads the
    referral and goes on from what e-RS has (``reconcile``).
 2. Only A012 (letters linked) and A016 (appointment arranged) can be read back from A005.
-   A create (A011/A021) or an upload (A020) cannot: ``NeedsReconciliation``, and a person
-   decides.
+   A create (A011/A021) cannot: ``NeedsReconciliation``, and a person decides.
+3. An upload (A020) is sent again: one that did land is an unlinked Binary, inert, and only
+   the upload the saga records is linked by A012.
 """
 
 from __future__ import annotations
@@ -69,12 +70,14 @@ async def reconcile(state: SagaState, ctx: SagaContext) -> tuple[SagaState, bool
     pending = state.pending
     assert pending is not None
     endpoint = Endpoint(pending.endpoint)
+    cleared = state.model_copy(update={"pending": None})
+    if endpoint.repeatable_when_unknown:
+        return cleared, False  # rule 3: the step runs again
     if not endpoint.checkable or state.ubrn is None:
         raise NeedsReconciliation(
             f"{pending.endpoint} was sent in step {pending.step.value} and its effect is "
-            "unknown; it is not repeated, as that could refer or upload twice"
+            "unknown; it is not repeated, as that could refer twice"
         )
-    cleared = state.model_copy(update={"pending": None})
     if endpoint is Endpoint.A012:
         return await check_letters(cleared, ctx)
     return await check_booking(cleared, ctx)

@@ -31,6 +31,9 @@ from worker.saga.steps import STEPS
 log = logging.getLogger("worker.saga.runner")
 Checkpoint = Callable[[SagaState], Awaitable[None]]
 MAX_VERSION_CONFLICTS = 3
+# Unknown effects settled in one run before the saga waits in a delay queue instead: an A020
+# that keeps timing out is re-sent at the pace of the delay tiers, within the retry budget.
+MAX_UNKNOWN_EFFECTS = 3
 
 
 def error_info(step: Step, exc: SagaError) -> ErrorInfo:
@@ -68,7 +71,7 @@ async def run_saga(
     observer: SagaObserver | None = None,
 ) -> SagaState:
     """Run from ``state.step`` until the saga finishes or waits; returns that state."""
-    conflicts = 0
+    conflicts = unknowns = 0
     while state.running:
         step = state.step
         started = time.perf_counter()
@@ -84,7 +87,9 @@ async def run_saga(
         except SagaError as exc:
             if exc.disposition is Disposition.REFRESH:
                 conflicts += 1
-            state = await _settle(state, ctx, step, exc, conflicts)
+            if exc.disposition is Disposition.RECONCILE:
+                unknowns += 1
+            state = await _settle(state, ctx, step, exc, conflicts, unknowns)
         except Exception as exc:
             state = finish(state, OutcomeStatus.FAILED, internal_error(step, exc))
         finally:
@@ -107,7 +112,12 @@ async def run_saga(
 
 
 async def _settle(
-    state: SagaState, ctx: SagaContext, step: Step, exc: SagaError, conflicts: int
+    state: SagaState,
+    ctx: SagaContext,
+    step: Step,
+    exc: SagaError,
+    conflicts: int,
+    unknowns: int = 0,
 ) -> SagaState:
     """What the error's disposition makes of the saga: the one reading of it."""
     disposition = exc.disposition
@@ -121,6 +131,11 @@ async def _settle(
         return await _guarded(refresh_version, state, ctx, step)
     if disposition is Disposition.RECONCILE and isinstance(exc, ErsError):
         pending = PendingWrite(step=step, endpoint=exc.endpoint, at=ctx.now())
+        if unknowns > MAX_UNKNOWN_EFFECTS:
+            # Keep the mark (the next run reconciles first) and wait out the fault; waiting
+            # is worth it, so a spent budget parks it for a person.
+            waiting = error_info(step, exc).model_copy(update={"retryable": True})
+            return state.model_copy(update={"pending": pending, "waiting": waiting})
         return state.model_copy(update={"pending": pending})
     if disposition in (Disposition.RETRY_NOW, Disposition.WAIT):
         # RETRY_NOW reaching the runner: the client's in-process retries did not cure it.

@@ -46,7 +46,7 @@ from worker.saga.errors import (
     ErsUnexpected,
     TokenExpired,
 )
-from worker.saga.runner import MAX_VERSION_CONFLICTS, run_saga
+from worker.saga.runner import MAX_UNKNOWN_EFFECTS, MAX_VERSION_CONFLICTS, run_saga
 from worker.saga.state import CallRecord, PendingWrite, SagaState, TriageRoute, new_saga
 
 NHS_NUMBER = "9990010005"  # the patient of 01-dbs-booked.json
@@ -477,15 +477,32 @@ async def test_an_unknown_create_outcome_needs_reconciliation() -> None:
     ]
 
 
-async def test_an_unknown_upload_outcome_needs_reconciliation() -> None:
-    ers = FakeErs().script("A020", ErsOutcomeUnknown("A020", 502, "HTTP_502"))
+async def test_an_unknown_upload_outcome_is_uploaded_again_and_linked_once() -> None:
+    # Issue 9: an upload that did land is an unlinked Binary, inert; only the one the saga
+    # records is linked.
+    ers = happy_dbs(FakeErs()).script("A020", ErsOutcomeUnknown("A020", 502, "HTTP_502"))
     run = Run(ers)
 
     state = await run(run.at(Step.UPLOAD, **created_fields()))
 
-    assert ers.endpoints() == ["A020"]  # the UBRN is known, but A005 cannot tell either
-    assert state.status is OutcomeStatus.NEEDS_RECONCILIATION
-    assert state.error is not None and state.error.step is Step.UPLOAD
+    assert ers.endpoints() == ["A020", "A020", "A012", "A015", "A016", "A019"]
+    assert state.status is OutcomeStatus.COMPLETED
+    assert state.uploaded_urls == (BINARY,)
+    assert state.attachments_linked == 1
+    assert run.observer.failed == [(Step.UPLOAD, "OUTCOME_UNKNOWN")]
+
+
+async def test_an_upload_that_stays_unknown_waits_in_a_delay_queue_with_its_mark() -> None:
+    unknown = ErsOutcomeUnknown("A020", None, "TIMEOUT")
+    ers = FakeErs().script("A020", *[unknown] * (MAX_UNKNOWN_EFFECTS + 1))
+    run = Run(ers)
+
+    state = await run(run.at(Step.UPLOAD, **created_fields()))
+
+    assert ers.endpoints() == ["A020"] * (MAX_UNKNOWN_EFFECTS + 1)  # bounded, not a hot loop
+    assert state.status is None and state.waiting is not None
+    assert state.waiting.code == "TIMEOUT" and state.waiting.retryable is True
+    assert state.pending is not None and state.pending.endpoint == "A020"
 
 
 async def test_an_unknown_letter_link_found_done_by_a005_moves_on() -> None:
