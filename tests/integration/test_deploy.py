@@ -245,7 +245,10 @@ def test_deployment_takes_its_settings_from_the_configmap_and_secret() -> None:
     assert {r["secretRef"]["name"] for r in refs if "secretRef" in r} == {
         one("Secret")["metadata"]["name"]
     }
-    assert "env" not in container()
+    # Besides those, only the pod's own name, from the downward API: the stable replica name.
+    assert container()["env"] == [
+        {"name": "REPLICA_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}
+    ]
 
 
 def test_secret_holds_placeholders_only() -> None:

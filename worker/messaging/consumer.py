@@ -224,7 +224,7 @@ class Worker:
         elif handled.fate is Fate.DELAY:
             headers = dict(message.headers or {})
             headers.pop(DELIVERY_COUNT_HEADER, None)
-            headers[ATTEMPT_HEADER] = attempt_of(headers) + 1
+            headers[ATTEMPT_HEADER] = attempt_of(headers) + (1 if handled.counts_attempt else 0)
             headers.setdefault(FIRST_SEEN_HEADER, first_seen_value(time.time()))
             queue = topology.names.delay_queue(handled.delay_seconds)
             await topology.default.publish(copy_message(message, headers), routing_key=queue)

@@ -51,3 +51,6 @@ class Handled:
     delay_seconds: float = 0.0
     result: str = PROCESSED
     trace_headers: dict[str, str] = field(default_factory=dict)
+    counts_attempt: bool = True
+    """For DELAY: whether the trip counts towards the next delay tier. A wait for another
+    saga's lease does not: it polls at the first tier instead of climbing to hours."""

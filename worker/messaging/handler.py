@@ -31,6 +31,7 @@ from worker.saga import outcomes
 from worker.saga.claims import patient_key, raw_fingerprint, request_fingerprint, resumable
 from worker.saga.context import SagaContext, SagaOptions
 from worker.saga.journal import Journal
+from worker.saga.lease import heartbeat
 from worker.saga.policy import is_final
 from worker.saga.ports import (
     NO_FAILPOINTS,
@@ -233,7 +234,10 @@ class RequestHandler:
             slot_claims=self._slot_claims,
         )
         started = time.monotonic()
-        state = await run_saga(start, ctx, checkpoint=journal.checkpoint, observer=self.metrics)
+        async with heartbeat(
+            durable.store, start.request_id, durable.owner, durable.lease_seconds, self._clock
+        ):
+            state = await run_saga(start, ctx, checkpoint=journal.checkpoint, observer=self.metrics)
         if state.waiting is not None:
             waited = self._wait_or_give_up(state, msg, token)
             if isinstance(waited, Handled):
@@ -277,7 +281,9 @@ class RequestHandler:
         self, request: ReferralRequestV1, msg: Incoming, kind: ClaimKind, correlation_id: str
     ) -> Handled:
         now = self._clock()
-        delay = self._durable.retry.next_delay(msg.attempt, msg.first_seen(now), now)
+        # The saga (or the patient's other saga) holds a lease: poll at the first tier, so
+        # that a dead replica's saga is taken over within a lease and one tier of its end.
+        delay = self._durable.retry.next_delay(0, msg.first_seen(now), now)
         if delay is None:
             error = outcomes.busy_too_long(kind.value.upper())
             return self._answers.not_started(
@@ -286,7 +292,12 @@ class RequestHandler:
             )  # fmt: skip
         log.info("saga busy", extra={"request_id": request.request_id, "why": kind.value})
         return Handled(
-            [], Fate.DELAY, reason=kind.value.upper(), delay_seconds=delay, result=DELAYED
+            [],
+            Fate.DELAY,
+            reason=kind.value.upper(),
+            delay_seconds=delay,
+            result=DELAYED,
+            counts_attempt=False,
         )
 
     async def _finish(self, request: ReferralRequestV1, state: SagaState) -> Handled:

@@ -51,24 +51,34 @@ def build_token_provider(settings: Settings) -> TokenProvider:
     return MessageHeaderTokenProvider()
 
 
-def replica_name() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+def replica_name(settings: Settings) -> str:
+    """The configured stable name, or one unique to this process."""
+    return settings.replica_name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-async def open_store(settings: Settings, *, release_leases: bool = True) -> SagaStore:
+async def open_store(
+    settings: Settings, *, release_leases: bool = True, owner: str | None = None
+) -> SagaStore:
     """The configured saga store. Only the worker itself releases leases (operator tools
     open the store beside a running worker and must not)."""
+    store: SagaStore
     if settings.saga_store == "postgres":
-        return await PostgresSagaStore.open(
+        store = await PostgresSagaStore.open(
             settings.postgres_dsn.get_secret_value(),
             schema=settings.postgres_schema,
             max_size=settings.concurrency + 2,
         )
-    store = await SqliteSagaStore.open(settings.saga_store_path)
-    if not release_leases:
-        return store
-    # SQLite serves one replica: whoever held a lease before this process started is dead.
-    released = await store.release_all_leases()
+        if not release_leases or not settings.replica_name or owner is None:
+            return store
+        # A stable name is this replica's alone: whoever held leases under it before this
+        # process started is dead, so its sagas resume here at once.
+        released = await store.release_leases_of(owner)
+    else:
+        store = await SqliteSagaStore.open(settings.saga_store_path)
+        if not release_leases:
+            return store
+        # SQLite serves one replica: whoever held a lease before this process started is dead.
+        released = await store.release_all_leases()
     if released:
         logging.getLogger("worker").info(
             "released leases of a previous run", extra={"sagas": released}
@@ -78,16 +88,19 @@ async def open_store(settings: Settings, *, release_leases: bool = True) -> Saga
 
 @asynccontextmanager
 async def request_handler(settings: Settings) -> AsyncIterator[RequestHandler]:
-    store = await open_store(settings)
+    owner = replica_name(settings)
+    store = await open_store(settings, owner=owner)
     try:
-        async with _handler(settings, store) as handler:
+        async with _handler(settings, store, owner) as handler:
             yield handler
     finally:
         await store.close()
 
 
 @asynccontextmanager
-async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[RequestHandler]:
+async def _handler(
+    settings: Settings, store: SagaStore, owner: str
+) -> AsyncIterator[RequestHandler]:
     failpoints = Failpoints(settings.failpoints)  # test-only crash points; none by default
     metrics = Metrics(park_reasons=PARK_REASONS)
     async with build_http_client(settings) as http:
@@ -118,7 +131,7 @@ async def _handler(settings: Settings, store: SagaStore) -> AsyncIterator[Reques
             ),
             durability=Durability(
                 store=store,
-                owner=replica_name(),
+                owner=owner,
                 lease_seconds=settings.saga_lease_seconds,
                 patient_key_secret=settings.patient_key_secret.get_secret_value().encode(),
                 retry=RetrySchedule(settings.retry_delays, settings.retry_budget_seconds),

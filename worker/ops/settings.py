@@ -183,11 +183,20 @@ class Settings(BaseSettings):
         description="Schema of the saga table in PostgreSQL.",
     )
     saga_lease_seconds: float = Field(
-        300.0,
+        30.0,
         gt=0,
         validation_alias=_env("SAGA_LEASE_SECONDS"),
-        description="How long a replica owns a saga without checkpointing; a dead replica's "
-        "sagas are taken over after this.",
+        description="How long a replica owns a saga without renewing it (a heartbeat renews "
+        "it every third of this while the saga runs); a dead replica's sagas are taken over "
+        "after this.",
+    )
+    replica_name: str = Field(
+        "",
+        validation_alias=_env("REPLICA_NAME"),
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$|^$",
+        description="This replica's stable name (the pod name in Kubernetes), unique among "
+        "running replicas: a restarted replica takes its own sagas back at once. Empty: a "
+        "name of its own per process, and a dead process's sagas wait out their lease.",
     )
     patient_key_secret: SecretStr = Field(
         SecretStr("change-me-in-production"),

@@ -85,7 +85,16 @@ class SagaStore(Protocol):
         """Make a finished saga resumable again (an operator replays it after a fix)."""
         ...
 
+    async def renew(self, request_id: str, owner: str, lease_seconds: float, now: float) -> None:
+        """Extend the lease (and nothing else); raise ``LeaseLost`` if ``owner`` lost it."""
+        ...
+
     async def release_all_leases(self) -> int: ...
+
+    async def release_leases_of(self, owner: str) -> int:
+        """Free the sagas ``owner`` held: called by a replica with a stable name when it
+        starts, since the process that held them under that name is dead."""
+        ...
 
     async def load(self, request_id: str) -> StoredSaga | None: ...
 

@@ -208,6 +208,20 @@ class PostgresSagaStore:
             state.request_id,
         )
 
+    async def renew(self, request_id: str, owner: str, lease_seconds: float, now: float) -> None:
+        await self._update(
+            "UPDATE ers_sagas SET lease_until = $1 WHERE request_id = $2 AND owner = $3",
+            now + lease_seconds,
+            request_id,
+            owner,
+        )
+
+    async def release_leases_of(self, owner: str) -> int:
+        result = await self._pool.execute(
+            "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner = $1", owner
+        )
+        return int(result.rsplit(" ", 1)[-1])
+
     async def release_all_leases(self) -> int:
         result = await self._pool.execute(
             "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL"

@@ -222,6 +222,19 @@ class SqliteSagaStore:
             (state.model_dump_json(), state.step.value, now, state.request_id),
         )
 
+    async def renew(self, request_id: str, owner: str, lease_seconds: float, now: float) -> None:
+        await self._update(
+            "UPDATE ers_sagas SET lease_until = ? WHERE request_id = ? AND owner = ?",
+            (now + lease_seconds, request_id, owner),
+        )
+
+    async def release_leases_of(self, owner: str) -> int:
+        async with self._lock:
+            cursor = await self._db.execute(
+                "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner = ?", (owner,)
+            )
+        return cursor.rowcount
+
     async def release_all_leases(self) -> int:
         async with self._lock:
             cursor = await self._db.execute(
