@@ -12,11 +12,13 @@ from sandbox.outcomes import ErsError
 
 RC = "REFERRING_CLINICIAN"
 RCA = "REFERRING_CLINICIAN_ADMIN"
+RA = "REFERRING_ADMIN"
 SPC = "SERVICE_PROVIDER_CLINICIAN"
 SPCA = "SERVICE_PROVIDER_CLINICIAN_ADMIN"
 
 ODS_HEADER = "NHSD-End-User-Organisation-ODS"
 BUSINESS_FUNCTION_HEADER = "NHSD-eRS-Business-Function"
+ON_BEHALF_OF_HEADER = "NHSD-eRS-On-Behalf-Of-User-ID"
 
 _BEARER = re.compile(r"^Bearer ([\x21-\x7e]+)$")
 
@@ -35,6 +37,7 @@ ENDPOINTS = {
     for endpoint in (
         Endpoint("A004", frozenset({RC, RCA, SPC, SPCA}), user_headers_optional=True),
         Endpoint("A005", frozenset({RC, RCA, SPC, SPCA}), user_headers_optional=True),
+        Endpoint("A008", frozenset({RC, RCA, RA, SPC, SPCA})),
         Endpoint("A010", frozenset({RC, RCA})),
         Endpoint("A011", frozenset({RC, RCA})),
         Endpoint("A012", frozenset({RC, RCA})),

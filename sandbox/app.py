@@ -12,7 +12,17 @@ from datetime import datetime
 
 from aiohttp import web
 
-from sandbox import admin, appointments, binaries, letters, reference, referrals, search, slots
+from sandbox import (
+    admin,
+    appointments,
+    binaries,
+    letters,
+    reference,
+    referrals,
+    search,
+    slots,
+    worklists,
+)
 from sandbox.access import (
     BUSINESS_FUNCTION_HEADER,
     ENDPOINTS,
@@ -47,6 +57,7 @@ ROUTES: list[tuple[str, str, Handler, str]] = [
         search.search_healthcare_services,
         "A010",
     ),
+    ("POST", "/STU3/ReferralRequest/$ers.fetchworklist", worklists.fetch_worklist, "A008"),
     ("POST", "/STU3/ReferralRequest/$ers.createReferral", referrals.create_referral, "A011"),
     (
         "POST",
@@ -94,6 +105,13 @@ async def _answer(
     fault = state(request).faults.take(endpoint.id)
     if fault is not None and fault.delay_seconds > 0:
         await asyncio.sleep(fault.delay_seconds)
+    if fault is not None and fault.drop:
+        # The operation happens, then the connection closes before any answer.
+        with contextlib.suppress(ErsError, PlainError):
+            await handler(request)
+        if request.transport is not None:
+            request.transport.close()
+        raise asyncio.CancelledError  # aiohttp stops here: nothing is written
     if fault is None or fault.status is None:
         return await handler(request)
     if not fault.after_effect:

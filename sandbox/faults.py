@@ -12,7 +12,19 @@ from aiohttp import web
 from sandbox.outcomes import STATUS_DEFAULT_CODE, ErsError
 
 _ERROR_CODE = re.compile(r"^[A-Z][A-Z0-9_]*$")
-ENDPOINT_IDS = ("A004", "A005", "A010", "A011", "A012", "A015", "A016", "A019", "A020", "A021")
+ENDPOINT_IDS = (
+    "A004",
+    "A005",
+    "A008",
+    "A010",
+    "A011",
+    "A012",
+    "A015",
+    "A016",
+    "A019",
+    "A020",
+    "A021",
+)
 
 
 class FaultSpecError(ValueError):
@@ -28,6 +40,9 @@ class Fault:
     delay_seconds: float = 0.0
     after_effect: bool = False
     code: str | None = None
+    # Act on the request, then close the connection without answering: a real ambiguous
+    # write (the caller sees the connection drop after sending).
+    drop: bool = False
 
     @classmethod
     def from_json(cls, raw: Any) -> Fault:
@@ -53,10 +68,13 @@ class Fault:
             raise FaultSpecError("after_effect must be a boolean")
         if status is None and after_effect:
             raise FaultSpecError("after_effect needs a status to answer with")
+        drop = raw.get("drop", False)
+        if not isinstance(drop, bool):
+            raise FaultSpecError("drop must be a boolean")
         code = raw.get("code")
         if code is not None and (not isinstance(code, str) or not _ERROR_CODE.match(code)):
             raise FaultSpecError("code must be an e-RS error code such as SLOT_NOT_AVAILABLE")
-        return cls(endpoint, status, times, retry_after, float(delay), after_effect, code)
+        return cls(endpoint, status, times, retry_after, float(delay), after_effect, code, drop)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -10,6 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
+from sandbox.access import ON_BEHALF_OF_HEADER
 from sandbox.catalogue import TRIAGE_REQUEST
 from sandbox.context import caller, own_base_url, read_fhir_json, state
 from sandbox.fhir import SERVICE_SYSTEM, Json, dig, parameter, parameters, parse_instant
@@ -143,6 +144,9 @@ async def _create(request: web.Request, *, send_for_triage: bool) -> web.Respons
         )
 
     clinician = dig(parameter(body, "referringClinician"), "valueIdentifier", "value")
+    intention = dig(parameter(body, "intentionToAddReferralLetter"), "valueCoding", "code")
+    reminder = dig(parameter(body, "firstReminderLetterFollowUpDays"), "valueUnsignedInt")
+    acted_for = request.headers.get(ON_BEHALF_OF_HEADER)
     referral = Referral(
         ubrn=store.new_ubrn(),
         version=1,
@@ -159,6 +163,9 @@ async def _create(request: web.Request, *, send_for_triage: bool) -> web.Respons
         correlation_id=who.correlation_id,
         pathway_start=pathway_start,
         referring_clinician=clinician if isinstance(clinician, str) else None,
+        intends_letter=intention == "NEED_TO_ADD_LATER",
+        referrer=clinician if isinstance(clinician, str) else acted_for,
+        first_reminder_days=reminder if isinstance(reminder, int) else 0,
     )
     if send_for_triage:
         appointment = Appointment(

@@ -96,6 +96,13 @@ class Referral:
     referring_clinician: str | None = None
     attachments: list[Attachment] = field(default_factory=list)
     appointment_id: str | None = None
+    # A011/A021's intentionToAddReferralLetter: the referral waits on Letters Outstanding
+    # until a letter is linked.
+    intends_letter: bool = False
+    # The referring user's SDS id, as A008's worklists show it (referringClinician, or the
+    # user acted for), when the sandbox knows it.
+    referrer: str | None = None
+    first_reminder_days: int = 0
     clinical_info_first_submitted: datetime | None = None
     clinical_info_last_updated: datetime | None = None
 

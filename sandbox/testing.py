@@ -162,6 +162,7 @@ class SandboxAdmin:
         delay_seconds: float = 0,
         after_effect: bool = False,
         code: str | None = None,
+        drop: bool = False,
     ) -> dict[str, Any]:
         """Queue an injected answer; `code` overrides the e-RS error code chosen for `status`."""
         fault: dict[str, Any] = await self._json(
@@ -175,6 +176,7 @@ class SandboxAdmin:
                 "delay_seconds": delay_seconds,
                 "after_effect": after_effect,
                 "code": code,
+                "drop": drop,
             },
         )
         return fault
