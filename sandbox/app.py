@@ -107,19 +107,25 @@ async def _answer(
         await asyncio.sleep(fault.delay_seconds)
     if fault is not None and fault.drop:
         # The operation happens, then the connection closes before any answer.
-        with contextlib.suppress(ErsError, PlainError):
-            await handler(request)
+        for _ in range(fault.effects):
+            with contextlib.suppress(ErsError, PlainError):
+                await handler(request)
         if request.transport is not None:
             request.transport.close()
-        raise asyncio.CancelledError  # aiohttp stops here: nothing is written
+        raise _Dropped
     if fault is None or fault.status is None:
         return await handler(request)
     if not fault.after_effect:
         return fault.response()
     # The operation happens, but the caller never hears about it.
-    with contextlib.suppress(ErsError, PlainError):
-        await handler(request)
+    for _ in range(fault.effects):
+        with contextlib.suppress(ErsError, PlainError):
+            await handler(request)
     return fault.response()
+
+
+class _Dropped(Exception):
+    """The answer to this request was dropped: the request log shows status 0."""
 
 
 @web.middleware
@@ -142,6 +148,10 @@ async def ers_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     response: web.StreamResponse
     try:
         response = await _answer(endpoint, request, handler)
+    except _Dropped:
+        assert endpoint is not None
+        _log_call(request, endpoint.id, 0, correlation_id, request_id, who)
+        raise asyncio.CancelledError from None  # aiohttp stops here: nothing is written
     except (ErsError, PlainError) as error:
         response = error.response()
     except web.HTTPException as error:
@@ -155,18 +165,7 @@ async def ers_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     if correlation_id is not None:
         response.headers["X-Correlation-ID"] = correlation_id
     if endpoint is not None:
-        state(request).request_log.append(
-            LogEntry(
-                endpoint=endpoint.id,
-                method=request.method,
-                path=request.path,
-                status=response.status,
-                correlation_id=correlation_id,
-                request_id=request_id,
-                business_function=who.business_function,
-                ods_code=who.ods_code,
-            )
-        )
+        _log_call(request, endpoint.id, response.status, correlation_id, request_id, who)
         log.info(
             "%s %s %s -> %d request_id=%s correlation_id=%s",
             endpoint.id,
@@ -177,6 +176,28 @@ async def ers_middleware(request: web.Request, handler: Handler) -> web.StreamRe
             correlation_id,
         )
     return response
+
+
+def _log_call(
+    request: web.Request,
+    endpoint_id: str,
+    status: int,
+    correlation_id: str | None,
+    request_id: str,
+    who: Caller,
+) -> None:
+    state(request).request_log.append(
+        LogEntry(
+            endpoint=endpoint_id,
+            method=request.method,
+            path=request.path,
+            status=status,
+            correlation_id=correlation_id,
+            request_id=request_id,
+            business_function=who.business_function,
+            ods_code=who.ods_code,
+        )
+    )
 
 
 def create_app(

@@ -43,6 +43,9 @@ class Fault:
     # Act on the request, then close the connection without answering: a real ambiguous
     # write (the caller sees the connection drop after sending).
     drop: bool = False
+    # How many times the operation happens before the answer is lost (after_effect or drop):
+    # 2 acts out a gateway that retried the request behind the caller's back.
+    effects: int = 1
 
     @classmethod
     def from_json(cls, raw: Any) -> Fault:
@@ -71,10 +74,15 @@ class Fault:
         drop = raw.get("drop", False)
         if not isinstance(drop, bool):
             raise FaultSpecError("drop must be a boolean")
+        effects = raw.get("effects", 1)
+        if not _is_int(effects) or not 1 <= effects <= 5:
+            raise FaultSpecError("effects must be an integer from 1 to 5")
         code = raw.get("code")
         if code is not None and (not isinstance(code, str) or not _ERROR_CODE.match(code)):
             raise FaultSpecError("code must be an e-RS error code such as SLOT_NOT_AVAILABLE")
-        return cls(endpoint, status, times, retry_after, float(delay), after_effect, code, drop)
+        return cls(
+            endpoint, status, times, retry_after, float(delay), after_effect, code, drop, effects
+        )
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

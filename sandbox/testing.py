@@ -163,6 +163,7 @@ class SandboxAdmin:
         after_effect: bool = False,
         code: str | None = None,
         drop: bool = False,
+        effects: int = 1,
     ) -> dict[str, Any]:
         """Queue an injected answer; `code` overrides the e-RS error code chosen for `status`."""
         fault: dict[str, Any] = await self._json(
@@ -177,6 +178,7 @@ class SandboxAdmin:
                 "after_effect": after_effect,
                 "code": code,
                 "drop": drop,
+                "effects": effects,
             },
         )
         return fault

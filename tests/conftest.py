@@ -40,12 +40,16 @@ class ReliabilityFigures:
     lost: int = 0
     retries: int = 0
     delayed: int = 0
+    ambiguous: int = 0  # writes whose answer was lost after e-RS may have acted
+    reconciliations: int = 0  # of those, the ones that ended needing a person
 
     def line(self) -> str:
         return (
             f"reliability: {self.requests} requests, {self.kills} kills, {self.restarts} "
             f"restarts, {self.connection_drops} connection drops, {self.retries} e-RS retries, "
-            f"{self.delayed} delay-queue trips, {self.duplicates} duplicates, {self.lost} lost"
+            f"{self.delayed} delay-queue trips, {self.ambiguous} ambiguous writes, "
+            f"{self.reconciliations} needing a person, {self.duplicates} duplicates, "
+            f"{self.lost} lost"
         )
 
 
@@ -122,6 +126,8 @@ def settings(
             "concurrency": 8,
             "saga_store_path": tmp_path / "sagas.db",
             "retry_delays_seconds": "0.2,0.5,1",
+            # Lost creates are looked for again after a second, not five minutes.
+            "reconcile_horizon_seconds": 1.0,
             "patient_key_secret": SecretStr("test-secret"),
             "metrics_port": 0,
             "metrics_host": "127.0.0.1",

@@ -22,6 +22,7 @@ def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
         "POSTGRES_DSN": settings.postgres_dsn.get_secret_value(),
         "POSTGRES_SCHEMA": settings.postgres_schema,
         "SAGA_LEASE_SECONDS": str(settings.saga_lease_seconds),
+        "RECONCILE_HORIZON_SECONDS": str(settings.reconcile_horizon_seconds),
         "PATIENT_KEY_SECRET": settings.patient_key_secret.get_secret_value(),
         "RETRY_DELAYS_SECONDS": settings.retry_delays_seconds,
         "ERS_RETRY_INITIAL_SECONDS": str(settings.ers_retry_initial_seconds),

@@ -80,6 +80,7 @@ class FakeErs:
     METHODS: dict[str, Endpoint] = {
         "retrieve_reference_data": Endpoint.A004,
         "retrieve_referral": Endpoint.A005,
+        "retrieve_worklist": Endpoint.A008,
         "search_services": Endpoint.A010,
         "create_referral": Endpoint.A011,
         "maintain_referral_letter": Endpoint.A012,
@@ -144,6 +145,9 @@ class FakeErs:
 
     async def retrieve_referral(self, ubrn: str) -> ErsReply:
         return await self._answer("retrieve_referral", ubrn=ubrn)
+
+    async def retrieve_worklist(self, body: dict[str, Any]) -> ErsReply:
+        return await self._answer("retrieve_worklist", body=body)
 
     async def search_services(self, body: dict[str, Any]) -> ErsReply:
         return await self._answer("search_services", body=body)

@@ -77,6 +77,10 @@ class ErsSession:
     async def retrieve_referral(self, ubrn: str) -> ErsReply:
         return await self._call(Endpoint.A005, "GET", f"ReferralRequest/{ubrn}")
 
+    async def retrieve_worklist(self, body: dict[str, Any]) -> ErsReply:
+        path = "ReferralRequest/$ers.fetchworklist"
+        return await self._call(Endpoint.A008, "POST", path, json=body)
+
     async def search_services(self, body: dict[str, Any]) -> ErsReply:
         path = "HealthcareService/$ers.searchHealthcareServicesForPatient"
         return await self._call(Endpoint.A010, "POST", path, json=body)

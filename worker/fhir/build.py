@@ -326,3 +326,19 @@ def send_for_triage(*, ubrn: str, version: str, service_id: str, nhs_number: str
         {"coding": [{"system": f"{_CS}eRS-ReviewReason-1", "code": REVIEW_REASON_TRIAGE}]}
     ]
     return body
+
+
+def fetch_worklist(list_type: str) -> Json:
+    """A008's Parameters: one referrer worklist (MinimalAwaitingBooking.json)."""
+    return {
+        "resourceType": "Parameters",
+        "meta": _profile("eRS-FetchWorklist-Parameters-1"),
+        "parameter": [
+            {
+                "name": "listType",
+                "valueCodeableConcept": {
+                    "coding": [{"system": f"{_CS}eRS-ReferralListSelector-1", "code": list_type}]
+                },
+            }
+        ],
+    }

@@ -75,6 +75,11 @@ class ReferralFacts:
     commissioning_rule_org: str | None
     appointment: AppointmentFacts | None
     attachment_urls: tuple[str, ...]
+    # What A005 tells about what was asked: to confirm a referral found on a worklist.
+    nhs_number: str | None = None
+    service_ids: tuple[str, ...] = ()
+    priority: str | None = None
+    specialty: str | None = None
 
 
 def referral_facts(body: Json, etag: str | None = None) -> ReferralFacts:
@@ -96,10 +101,27 @@ def referral_facts(body: Json, etag: str | None = None) -> ReferralFacts:
             appointment_id = reference.rsplit("/", 1)[-1] or None
     appointment = None
     urls: list[str] = []
+    services: list[str] = []
+    priority = None
     for res in body.get("contained", []):
         kind = res.get("resourceType")
         if kind == "Appointment":
             appointment = appointment_facts(res)
+        elif kind == "List":
+            services.extend(
+                str(e["item"]["identifier"]["value"])
+                for e in res.get("entry", [])
+                if e.get("item", {}).get("identifier", {}).get("system") == ERS_SERVICE
+            )
+        elif kind == "Parameters":
+            priority = next(
+                (
+                    p.get("valueCoding", {}).get("code")
+                    for p in res.get("parameter", [])
+                    if p.get("name") == "priority"
+                ),
+                priority,
+            )
         elif kind == "DocumentReference":
             urls.extend(
                 c["attachment"]["url"]
@@ -115,7 +137,54 @@ def referral_facts(body: Json, etag: str | None = None) -> ReferralFacts:
         commissioning_rule_org=comm_org,
         appointment=appointment,
         attachment_urls=tuple(urls),
+        nhs_number=body.get("subject", {}).get("identifier", {}).get("value"),
+        service_ids=tuple(services),
+        priority=priority,
+        specialty=next(iter(_codes(body.get("specialty", {}))), None),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class WorklistItem:
+    """One referral on an A008 referrer worklist."""
+
+    ubrn: str
+    nhs_number: str | None
+    priority: str | None
+    created: datetime | None
+    referrer: str | None
+
+
+def worklist_items(body: Json) -> list[WorklistItem]:
+    """A008's List: each entry's referral and the facts its work-list-item extension holds."""
+    items: list[WorklistItem] = []
+    for entry in body.get("entry", []):
+        reference = str(entry.get("item", {}).get("reference", ""))
+        if not reference.startswith("ReferralRequest/"):
+            continue
+        parts: dict[str, Json] = {}
+        for ext in entry.get("extension", []):
+            for part in ext.get("extension", []):
+                parts.setdefault(str(part.get("url")), part)
+        created = parts.get("referralCreated", {}).get("valueDateTime")
+        items.append(
+            WorklistItem(
+                ubrn=reference.removeprefix("ReferralRequest/"),
+                nhs_number=parts.get("patient", {})
+                .get("valueReference", {})
+                .get("identifier", {})
+                .get("value"),
+                priority=next(
+                    iter(_codes(parts.get("priority", {}).get("valueCodeableConcept", {}))), None
+                ),
+                created=parse_instant(created) if created else None,
+                referrer=parts.get("referrer", {})
+                .get("valueReference", {})
+                .get("identifier", {})
+                .get("value"),
+            )
+        )
+    return items
 
 
 def version_from_etag(etag: str | None) -> str | None:

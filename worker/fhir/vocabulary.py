@@ -15,6 +15,7 @@ class Endpoint(StrEnum):
 
     A004 = "A004"  # retrieve reference data
     A005 = "A005"  # retrieve referral
+    A008 = "A008"  # retrieve worklist
     A010 = "A010"  # patient service search
     A011 = "A011"  # create referral
     A012 = "A012"  # maintain referral letter
@@ -55,6 +56,13 @@ _NOT_FHIR_ANSWERS = frozenset({Endpoint.A019, Endpoint.A020})
 # A005 shows the letters linked (A012) and the appointment made (A016). e-RS has no lookup by
 # our request for a create (A011/A021) or an upload (A020).
 CHECKABLE_WITH_A005 = frozenset({Endpoint.A012, Endpoint.A016})
+
+
+class Worklist(StrEnum):
+    """eRS-ReferralListSelector-1: the referrer worklists that hold a referral just made."""
+
+    AWAITING_BOOKING = "AWAITING_BOOKING"  # not booked, deferred, or awaiting triage
+    LETTERS_OUTSTANDING = "LETTERS_OUTSTANDING"  # created intending a letter, none linked
 
 
 class BookableType(StrEnum):

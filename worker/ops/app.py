@@ -128,6 +128,8 @@ async def _handler(
                 slot_page_size=settings.slot_page_size,
                 max_slot_pages=settings.slot_max_pages,
                 max_booking_attempts=settings.booking_max_attempts,
+                create_horizon_seconds=settings.reconcile_horizon_seconds,
+                clock_skew_seconds=settings.ers_clock_skew_seconds,
             ),
             durability=Durability(
                 store=store,

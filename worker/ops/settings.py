@@ -190,6 +190,21 @@ class Settings(BaseSettings):
         "it every third of this while the saga runs); a dead replica's sagas are taken over "
         "after this.",
     )
+    reconcile_horizon_seconds: float = Field(
+        300.0,
+        gt=0,
+        validation_alias=_env("RECONCILE_HORIZON_SECONDS"),
+        description="A create (A011/A021) whose answer was lost and that is not on e-RS' "
+        "worklists is sent again only this long after it was first sent: longer than any "
+        "e-RS or API-platform request timeout.",
+    )
+    ers_clock_skew_seconds: float = Field(
+        60.0,
+        ge=0,
+        validation_alias=_env("ERS_CLOCK_SKEW_SECONDS"),
+        description="How far e-RS' clock may be behind ours when matching a lost create to "
+        "a worklist item by its creation time.",
+    )
     replica_name: str = Field(
         "",
         validation_alias=_env("REPLICA_NAME"),

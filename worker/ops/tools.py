@@ -135,6 +135,9 @@ def describe(saga: StoredSaga) -> Iterator[str]:
         yield f"waiting        {state.waiting.code} at {state.waiting.step.value}"
     if state.error:
         yield f"error          {state.error.code} at {state.error.step.value}: {state.error.text}"
+    for note in state.reconciliations:
+        ubrns = f" ({', '.join(note.ubrns)})" if note.ubrns else ""
+        yield f"reconciled     {note.endpoint} {note.decision}{ubrns}: {note.how}"
     yield f"claims         {saga.claims}; updated {now - saga.updated_at:.0f}s ago"
     yield "history:"
     for call in state.history:

@@ -24,6 +24,12 @@ class SagaOptions:
     slot_page_size: int = 20
     max_slot_pages: int = 5
     max_booking_attempts: int = 3
+    # A create whose answer was lost is concluded absent only when it is still missing from
+    # the worklists this long after it was sent: longer than any e-RS or API-platform
+    # request timeout, so e-RS cannot still be completing it.
+    create_horizon_seconds: float = 300.0
+    # Clocks differ: a worklist item created this long before our pending mark still counts.
+    clock_skew_seconds: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,6 +15,7 @@ event all read it from here.
     │   └── RequestNotSendable        httpx refused to send what we built  FAIL (parked)
     ├── TokenExpired                  expired before the call was made     REAUTHENTICATE
     ├── NeedsReconciliation           an unknown effect e-RS cannot tell   ASK_A_PERSON
+    ├── CreateNotYetVisible           a create not (yet) on the worklists  WAIT
     └── BusinessRuleFailure           the worker refused to go on          FAIL
 
 Messages hold endpoint, status and e-RS codes only: never tokens or patient identifiers.
@@ -147,6 +148,14 @@ class TokenExpired(SagaError):
 class NeedsReconciliation(SagaError):
     code = "NEEDS_RECONCILIATION"
     disposition = Disposition.ASK_A_PERSON
+
+
+class CreateNotYetVisible(SagaError):
+    """A create whose answer was lost is not on the worklists yet: e-RS may still be
+    completing it, so look again after the horizon rather than conclude."""
+
+    code = "CREATE_NOT_YET_VISIBLE"
+    disposition = Disposition.WAIT
 
 
 class BusinessRuleFailure(SagaError):

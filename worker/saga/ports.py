@@ -55,6 +55,8 @@ class ErsPort(Protocol):
 
     async def retrieve_referral(self, ubrn: str) -> ErsReply: ...  # A005
 
+    async def retrieve_worklist(self, body: dict[str, Any]) -> ErsReply: ...  # A008
+
     async def search_services(self, body: dict[str, Any]) -> ErsReply: ...  # A010
 
     async def create_referral(self, body: dict[str, Any]) -> ErsReply: ...  # A011

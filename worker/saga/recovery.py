@@ -4,7 +4,8 @@ Rules:
 1. A state-changing call whose effect is unknown is never simply repeated. The saga reads the
    referral and goes on from what e-RS has (``reconcile``).
 2. Only A012 (letters linked) and A016 (appointment arranged) can be read back from A005.
-   A create (A011/A021) cannot: ``NeedsReconciliation``, and a person decides.
+   A create (A011/A021) is looked for on e-RS' worklists (``lost_create``); only when
+   e-RS itself cannot tell (several candidates) does a person decide.
 3. An upload (A020) is sent again: one that did land is an unlinked Binary, inert, and only
    the upload the saga records is linked by A012.
 """
@@ -16,6 +17,7 @@ from worker.fhir.vocabulary import ARRANGED_STATES, Endpoint
 from worker.saga.appointment import after_appointment
 from worker.saga.context import SagaContext
 from worker.saga.errors import NeedsReconciliation
+from worker.saga.lost_create import settle_lost_create
 from worker.saga.state import SagaState
 
 
@@ -73,6 +75,8 @@ async def reconcile(state: SagaState, ctx: SagaContext) -> tuple[SagaState, bool
     cleared = state.model_copy(update={"pending": None})
     if endpoint.repeatable_when_unknown:
         return cleared, False  # rule 3: the step runs again
+    if endpoint in (Endpoint.A011, Endpoint.A021) and state.ubrn is None:
+        return await settle_lost_create(state, ctx)
     if not endpoint.checkable or state.ubrn is None:
         raise NeedsReconciliation(
             f"{pending.endpoint} was sent in step {pending.step.value} and its effect is "

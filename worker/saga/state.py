@@ -55,6 +55,18 @@ class PendingWrite(BaseModel):
     at: datetime
 
 
+class Reconciliation(BaseModel):
+    """How the saga settled a call whose effect it did not hear: kept in its history."""
+
+    model_config = ConfigDict(frozen=True)
+
+    endpoint: str
+    decision: str  # ADOPTED, NOT_CREATED, LOOK_AGAIN, AMBIGUOUS
+    ubrns: tuple[str, ...] = ()
+    how: str
+    at: datetime
+
+
 class CallRecord(BaseModel):
     model_config = ConfigDict(frozen=True)
 
@@ -109,6 +121,7 @@ class SagaState(BaseModel):
         default=None, description="Paused on a transient fault; resumes from a delay queue."
     )
     history: tuple[CallRecord, ...] = ()
+    reconciliations: tuple[Reconciliation, ...] = ()
 
     @property
     def finished(self) -> bool:

@@ -25,7 +25,14 @@ from worker.saga.errors import (
 )
 
 # Written out here rather than read from the vocabulary, so that a change to it shows.
-READS = (Endpoint.A004, Endpoint.A005, Endpoint.A010, Endpoint.A015, Endpoint.A019)
+READS = (
+    Endpoint.A004,
+    Endpoint.A005,
+    Endpoint.A008,
+    Endpoint.A010,
+    Endpoint.A015,
+    Endpoint.A019,
+)
 WRITES = (Endpoint.A011, Endpoint.A012, Endpoint.A016, Endpoint.A020, Endpoint.A021)
 
 

@@ -53,6 +53,7 @@ TOKEN = "cis2-tok-0d5e9a"  # a test token
 SCHEDULE = RetrySchedule(delays=(30.0, 300.0, 1800.0), budget_seconds=3600.0)
 SHORTLIST_ONLY = "05-shortlist-only.json"
 UBRN = "000000070000"  # the createReferral example's referral
+WORKLIST = "retrieveWorklist/responses/AwaitingBooking.json"
 PDF = b"%PDF-1.4\n%%EOF\n"
 
 
@@ -132,6 +133,9 @@ class FakeSession:
 
     async def retrieve_referral(self, ubrn: str) -> ErsReply:
         return await self._call(Endpoint.A005, ubrn)
+
+    async def retrieve_worklist(self, body: dict[str, Any]) -> ErsReply:
+        return await self._call(Endpoint.A008, body)
 
     async def search_services(self, body: dict[str, Any]) -> ErsReply:
         return await self._call(Endpoint.A010, body)
@@ -552,26 +556,27 @@ async def test_a_delay_that_would_end_past_the_budget_is_not_taken(rig: Rig) -> 
 # --- a create whose effect is unknown ---
 
 
-async def test_a_create_whose_outcome_is_unknown_needs_a_person(rig: Rig) -> None:
+async def test_a_lost_create_not_on_the_worklists_waits_with_its_mark(rig: Rig) -> None:
+    # Issue 9: e-RS may still be completing the create; the saga looks again after the
+    # horizon, from a delay queue, and nobody is asked.
     body = sample(SHORTLIST_ONLY)
     rig.ers.script(Endpoint.A011, ErsOutcomeUnknown("A011", 504, "HTTP_504"))
+    # The spec's worklists: referrals, but none for this patient (Awaiting Booking, and
+    # Letters Outstanding since the request intends a letter).
+    worklist = ErsReply(200, example(WORKLIST))
+    rig.ers.script(Endpoint.A008, worklist, worklist)
 
     handled = await rig.handler.handle(message(body))
 
-    outcome = only_outcome(handled)
-    assert outcome.status is OutcomeStatus.NEEDS_RECONCILIATION
-    assert handled.fate is Fate.DEAD_LETTER
-    assert handled.reason == "NEEDS_RECONCILIATION"
-    assert outcome.error is not None and outcome.error.step is Step.CREATE
-    assert rig.ers.calls.count(Endpoint.A011) == 1  # never repeated
-    assert Endpoint.A019 not in rig.ers.calls
+    assert handled.events == []
+    assert handled.fate is Fate.DELAY
+    assert handled.reason == "CREATE_NOT_YET_VISIBLE"
+    assert handled.delay_seconds == SCHEDULE.delays[0]
+    assert rig.ers.calls.count(Endpoint.A011) == 1  # not repeated before the horizon
+    assert Endpoint.A005 not in rig.ers.calls  # no candidate to confirm
     stored = await rig.store.load(body["request_id"])
-    assert stored is not None and stored.final
+    assert stored is not None and not stored.final
     assert stored.state.pending is not None and stored.state.pending.endpoint == "A011"
-
-    again = await rig.handler.handle(message(body))
-    assert only_outcome(again).event_id == outcome.event_id
-    assert rig.ers.calls.count(Endpoint.A011) == 1
 
 
 # --- the last delivery of a message that never settled ---

@@ -162,6 +162,7 @@ DISPOSITIONS: dict[type[SagaError], Disposition] = {
     errors.RequestNotSendable: Disposition.FAIL,
     errors.TokenExpired: Disposition.REAUTHENTICATE,
     errors.NeedsReconciliation: Disposition.ASK_A_PERSON,
+    errors.CreateNotYetVisible: Disposition.WAIT,
     errors.BusinessRuleFailure: Disposition.FAIL,
 }
 RETRYABLE = {

@@ -31,6 +31,8 @@ from tests.unit.fakes import (
     slot,
     slot_bundle,
 )
+from tests.unit.saga.test_lost_create import item, worklist
+from tests.unit.saga.test_lost_create import referral as confirmable
 from worker.saga.claims import resumable
 from worker.saga.context import SagaOptions
 from worker.saga.errors import (
@@ -450,31 +452,25 @@ async def test_a_failed_reread_after_a_conflict_settles_as_its_own_error(
 # --- unknown outcomes -------------------------------------------------------------------------
 
 
-async def test_an_unknown_create_outcome_needs_reconciliation() -> None:
+async def test_an_unknown_create_is_found_on_the_worklists_and_the_saga_completes() -> None:
+    # Issue 9: A011's answer lost; e-RS' worklists show the referral, A005 confirms it, and
+    # the saga carries on with it: A011 is never sent twice, nobody is asked.
     ers = happy_dbs(FakeErs()).script("A011", ErsOutcomeUnknown("A011", None, "TIMEOUT"))
+    found = worklist(item(UBRN))
+    ers.script("A008", ok(found), ok(found))
+    ers.script("A005", ok(confirmable(UBRN, version="3"), etag='W/"3"'))
     run = Run(ers)
 
     state = await run()
 
-    # A011 is neither repeated nor checked: e-RS has no lookup of a create by our request
-    assert ers.endpoints() == ["A004", "A010", "A011"]
-    marked = run.checkpoints.states[-2]
-    assert marked.pending == PendingWrite(step=Step.CREATE, endpoint="A011", at=NOW)
-    assert marked.status is None and marked.step is Step.CREATE
-    assert state.status is OutcomeStatus.NEEDS_RECONCILIATION
-    assert state.error is not None
-    assert (state.error.step, state.error.code, state.error.retryable) == (
-        Step.CREATE,
-        "NEEDS_RECONCILIATION",
-        False,
-    )
-    assert "A011" in state.error.text
-    assert state.ubrn is None
-    assert run.observer.started == [Step.REFERENCE_DATA, Step.SEARCH, Step.CREATE, Step.CREATE]
-    assert run.observer.failed == [
-        (Step.CREATE, "OUTCOME_UNKNOWN"),
-        (Step.CREATE, "NEEDS_RECONCILIATION"),
-    ]
+    assert ers.endpoints().count("A011") == 1
+    assert ers.endpoints()[:7] == ["A004", "A010", "A011", "A008", "A008", "A005", "A020"]
+    marks = [c.pending for c in run.checkpoints.states if c.pending is not None]
+    assert marks == [PendingWrite(step=Step.CREATE, endpoint="A011", at=NOW)]
+    assert state.status is OutcomeStatus.COMPLETED
+    assert state.ubrn == UBRN
+    assert [r.decision for r in state.reconciliations] == ["ADOPTED"]
+    assert run.observer.failed == [(Step.CREATE, "OUTCOME_UNKNOWN")]
 
 
 async def test_an_unknown_upload_outcome_is_uploaded_again_and_linked_once() -> None:
