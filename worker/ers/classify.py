@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import httpx
@@ -26,13 +28,20 @@ _REFUSALS = frozenset({400, 403, 404, 406, 415, 422})
 _SERVER_FAULTS = frozenset({500, 502, 504})
 
 
-def _retry_after(value: str | None) -> float | None:
+def _retry_after(value: str | None, now: datetime) -> float | None:
+    """Retry-After as seconds from ``now``: delay-seconds or an HTTP-date (RFC 9110)."""
     if value is None:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None  # an HTTP-date: fall back to our own backoff
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None  # unreadable: fall back to our own backoff
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - now).total_seconds())
     return seconds if seconds >= 0 else None
 
 
@@ -43,6 +52,7 @@ def classify_status(
     *,
     retry_after: str | None = None,
     request_id: str | None = None,
+    now: datetime | None = None,
 ) -> ErsError:
     """The error a non-2xx answer stands for."""
     code, diagnostics = operation_outcome(body)
@@ -51,7 +61,8 @@ def classify_status(
     if status == 401:
         return ErsAuthError(endpoint, status, code, **kw)
     if status == 429:
-        return ErsRateLimited(endpoint, _retry_after(retry_after), **kw)
+        asked = _retry_after(retry_after, now or datetime.now(UTC))
+        return ErsRateLimited(endpoint, asked, **kw)
     if status in (409, 412):
         return ErsConflict(endpoint, status, code, **kw)
     if status == 423:

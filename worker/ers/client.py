@@ -27,6 +27,7 @@ from tenacity import (
     stop_after_attempt,
     wait_exponential_jitter,
 )
+from tenacity.stop import stop_base
 
 from schemas.referral_request import ActingUser
 from worker.ers.classify import classify_status, classify_transport
@@ -85,7 +86,7 @@ class ErsClient:
         # Built once; each call runs on a copy, since a Retrying object holds per-run state.
         self._retrying = AsyncRetrying(
             retry=retry_if_exception(_retry_now),
-            stop=stop_after_attempt(retry.max_attempts),
+            stop=stop_after_attempt(retry.max_attempts) | _AsksTooLong(retry.max_wait),
             wait=_wait(retry),
             before_sleep=self._count_retry,
             reraise=True,
@@ -192,6 +193,7 @@ class ErsClient:
             parsed,
             retry_after=response.headers.get("Retry-After"),
             request_id=request_id,
+            now=caller.now(),
         )
         self._record(caller, endpoint, response.status_code, at, started, request_id, error.code)
         raise error
@@ -261,6 +263,22 @@ def retry_reason(exc: ErsTransientError) -> str:
     if exc.status:
         return "server_error"
     return exc.code.lower()  # timeout, connection_error
+
+
+class _AsksTooLong(stop_base):
+    """Stop retrying in process when e-RS asks for a longer wait than we spend here: the
+    saga then waits that long (at least) in a delay queue instead of asking too soon."""
+
+    def __init__(self, max_wait: float) -> None:
+        self._max_wait = max_wait
+
+    def __call__(self, retry_state: RetryCallState) -> bool:
+        exc = retry_state.outcome.exception() if retry_state.outcome else None
+        return (
+            isinstance(exc, ErsRateLimited)
+            and exc.retry_after is not None
+            and exc.retry_after > self._max_wait
+        )
 
 
 def _wait(policy: RetryPolicy) -> Callable[[RetryCallState], float]:

@@ -259,11 +259,12 @@ class RequestHandler:
         assert waiting is not None
         now = self._clock()
         schedule = self._durable.retry
-        resume_at = datetime.fromtimestamp(now + schedule.delay_for(msg.attempt), UTC)
+        asked = state.waiting_at_least
+        resume_at = datetime.fromtimestamp(now + schedule.delay_for(msg.attempt, asked), UTC)
         if token.expires_at is not None and token.expires_at <= resume_at:
             error = outcomes.token_expires_first(waiting)
             return finish(state, OutcomeStatus.REAUTHENTICATION_NEEDED, error)
-        delay = schedule.next_delay(msg.attempt, msg.first_seen(now), now)
+        delay = schedule.next_delay(msg.attempt, msg.first_seen(now), now, asked)
         if delay is None:
             return finish(state, OutcomeStatus.FAILED, outcomes.budget_spent(waiting))
         log.info(

@@ -81,4 +81,6 @@ def resumable(state: SagaState) -> SagaState:
     """
     if state.step is Step.DONE:
         return state
-    return state.model_copy(update={"status": None, "error": None, "waiting": None})
+    return state.model_copy(
+        update={"status": None, "error": None, "waiting": None, "waiting_at_least": None}
+    )

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from schemas.events import ErrorInfo, OutcomeStatus, Step
 from schemas.privacy import redact, where
 from worker.saga.context import SagaContext
-from worker.saga.errors import Disposition, ErsError, ErsUnexpected, SagaError
+from worker.saga.errors import Disposition, ErsError, ErsRateLimited, ErsUnexpected, SagaError
 from worker.saga.policy import status_for
 from worker.saga.ports import ErsCall, SagaObserver
 from worker.saga.recovery import check_booking, reconcile, refresh_version
@@ -139,8 +139,14 @@ async def _settle(
         return state.model_copy(update={"pending": pending})
     if disposition in (Disposition.RETRY_NOW, Disposition.WAIT):
         # RETRY_NOW reaching the runner: the client's in-process retries did not cure it.
-        return state.model_copy(update={"waiting": error_info(step, exc)})
+        return _waiting(state, step, exc)
     return finish(state, status_for(disposition), error_info(step, exc))
+
+
+def _waiting(state: SagaState, step: Step, exc: SagaError) -> SagaState:
+    """The saga paused on ``exc``, for at least as long as e-RS asked (Retry-After)."""
+    asked = exc.retry_after if isinstance(exc, ErsRateLimited) else None
+    return state.model_copy(update={"waiting": error_info(step, exc), "waiting_at_least": asked})
 
 
 def _report_failure(observer: SagaObserver, step: Step, state: SagaState) -> None:
@@ -162,7 +168,7 @@ async def _guarded(
         return await action(state, ctx)
     except SagaError as exc:
         if exc.disposition in (Disposition.RETRY_NOW, Disposition.WAIT):
-            return state.model_copy(update={"waiting": error_info(step, exc)})
+            return _waiting(state, step, exc)
         return finish(state, status_for(exc.disposition), error_info(step, exc))
 
 

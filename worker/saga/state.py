@@ -120,6 +120,9 @@ class SagaState(BaseModel):
     waiting: ErrorInfo | None = Field(
         default=None, description="Paused on a transient fault; resumes from a delay queue."
     )
+    waiting_at_least: float | None = Field(
+        default=None, description="Seconds e-RS asked us to wait (Retry-After), if it did."
+    )
     history: tuple[CallRecord, ...] = ()
     reconciliations: tuple[Reconciliation, ...] = ()
 

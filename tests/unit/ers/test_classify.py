@@ -179,7 +179,7 @@ def test_a_rate_limit_is_too_many_requests_whatever_the_body_says() -> None:
         (" 12 ", 12.0),
         (None, None),
         ("", None),
-        ("Wed, 21 Oct 2015 07:28:00 GMT", None),  # an HTTP-date: our own backoff instead
+        ("Wed, 21 Oct 2015 07:28:00 GMT", 0.0),  # an HTTP-date in the past: now
         ("-1", None),
         ("-0.5", None),
         ("soon", None),

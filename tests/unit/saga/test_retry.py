@@ -58,3 +58,24 @@ def test_the_budget_counts_from_first_seen_whatever_the_attempt() -> None:
 
 def test_a_message_already_past_its_budget_waits_no_more() -> None:
     assert SCHEDULE.next_delay(0, FIRST_SEEN, FIRST_SEEN + 4000.0) is None
+
+
+# --- Retry-After: never back sooner than e-RS asked -------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("attempt", "asked", "delay"),
+    [
+        (0, None, 5.0),
+        (0, 4.0, 5.0),  # the tier is long enough
+        (0, 20.0, 30.0),  # the first tier that is
+        (0, 90.0, 300.0),
+        (2, 90.0, 300.0),
+        (0, 5000.0, 300.0),  # longer than any tier: the longest
+    ],
+)
+def test_a_retry_after_picks_the_first_tier_long_enough(
+    attempt: int, asked: float | None, delay: float
+) -> None:
+    assert SCHEDULE.delay_for(attempt, asked) == delay
+    assert SCHEDULE.next_delay(attempt, FIRST_SEEN, FIRST_SEEN, asked) == delay
