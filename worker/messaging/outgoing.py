@@ -61,9 +61,10 @@ def parked_headers(headers: Mapping[str, Any], handled: Handled) -> dict[str, An
             STEP_HEADER: error.step.value if error else "",
             OUTCOME_STATUS_HEADER: outcome.status.value if outcome else "",
             REQUEST_ID_HEADER: (outcome.request_id if outcome else None) or "",
-            PARKED_AT_HEADER: datetime.now(UTC).isoformat(),
         }
     )
+    # A replayed message parked again keeps when it was first parked.
+    kept.setdefault(PARKED_AT_HEADER, datetime.now(UTC).isoformat())
     # Our own texts name fields and rules only; e-RS' free-text diagnostics stay in the event.
     if error is not None and error.http_status is None:
         kept[PROBLEM_HEADER] = error.text[:1000]

@@ -4,7 +4,7 @@ ers-worker run                  consume referral requests until SIGTERM/SIGINT, 
 ers-worker demo                 what `make run` does: sandbox + worker + the sample requests
 ers-worker submit FILE...       publish referral requests (--wait for their outcomes)
 ers-worker status REQUEST_ID    a saga's step, history and outcome, from the saga store
-ers-worker dead-letters list|show|replay   parked messages
+ers-worker dead-letters list|show|replay|drop   parked messages (looking changes nothing)
 ers-worker schemas [--write]    the JSON Schemas and the AsyncAPI document
 ers-worker definitions          the RabbitMQ definitions (deploy/rabbitmq/definitions.json)
 ers-worker env                  every setting with its default (deploy/worker.env.example)
@@ -71,7 +71,11 @@ def _parser() -> argparse.ArgumentParser:
     status.add_argument("request_id")
     dead = sub.add_parser("dead-letters", help="parked messages")
     dead_sub = dead.add_subparsers(dest="action", required=True)
-    dead_sub.add_parser("list", help="reason, step, attempts and age of each parked message")
+    listing = dead_sub.add_parser(
+        "list", help="reason, step, attempts and age of each parked message (a page at a time)"
+    )
+    listing.add_argument("--offset", type=int, default=0, help="skip this many (default 0)")
+    listing.add_argument("--limit", type=int, default=1000, help="show at most this many")
     show = dead_sub.add_parser("show", help="one parked message, attachments and NHS number masked")
     show.add_argument("message_id")
     again = dead_sub.add_parser("replay", help="send parked messages back to the work queue")
@@ -81,6 +85,8 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make their finished sagas resumable (after a person fixed the cause)",
     )
+    gone = dead_sub.add_parser("drop", help="remove parked messages a person has settled")
+    gone.add_argument("message_ids", nargs="+")
     schemas = sub.add_parser("schemas", help="print the JSON Schemas and the AsyncAPI document")
     schemas.add_argument("--write", action="store_true", help="write them under schemas/")
     sub.add_parser("definitions", help="print the RabbitMQ definitions of the topology")
@@ -118,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _operate(settings: Settings, args: argparse.Namespace) -> int:
+    from worker.ops import dead_letters
     from worker.ops import tools as ops
 
     token = os.environ.get(TOKEN_ENV)
@@ -149,23 +156,37 @@ async def _operate(settings: Settings, args: argparse.Namespace) -> int:
             _print_json(orjson.loads(saga.outcome))
         return 0
     if args.action == "list":
-        for parked in await ops.dead_letters(settings):
+        page = await dead_letters.look(settings, offset=args.offset, limit=args.limit)
+        for parked in page.parked:
             _print_json(parked.summary())
+        shown_to = page.offset + len(page.parked)
+        if shown_to < page.total:
+            print(
+                f"showed {len(page.parked)} of {page.total} parked messages; for more: "
+                f"--offset {shown_to}",
+                file=sys.stderr,
+            )
         return 0
     if args.action == "show":
-        found = [p for p in await ops.dead_letters(settings) if p.message_id == args.message_id]
-        if not found:
+        found = await dead_letters.show(settings, args.message_id)
+        if found is None:
             print(f"no parked message {args.message_id}", file=sys.stderr)
             return 1
+        parked, body = found
         _print_json(
-            {
-                **found[0].summary(),
-                "headers": found[0].headers,
-                "body": ops.redacted_body(found[0].body),
-            }
+            {**parked.summary(), "headers": parked.headers, "body": ops.redacted_body(body)}
         )
         return 0
-    replayed = await ops.replay(settings, set(args.message_ids), token=token, reopen=args.reopen)
+    if args.action == "drop":
+        dropped = await dead_letters.drop(settings, set(args.message_ids))
+        for message_id in dropped:
+            print(f"dropped {message_id}")
+        for message_id in sorted(set(args.message_ids) - set(dropped)):
+            print(f"no parked message {message_id}", file=sys.stderr)
+        return 0 if len(dropped) == len(set(args.message_ids)) else 1
+    replayed = await dead_letters.replay(
+        settings, set(args.message_ids), token=token, reopen=args.reopen
+    )
     for message_id in replayed:
         print(f"replayed {message_id}")
     missing = set(args.message_ids) - set(replayed)

@@ -10,34 +10,17 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from tqdm import tqdm
 
-from worker.messaging.headers import (
-    ATTEMPT_HEADER,
-    OUTCOME_STATUS_HEADER,
-    PARKED_AT_HEADER,
-    REASON_HEADER,
-    REPLAYED_AT_HEADER,
-    REQUEST_ID_HEADER,
-    REQUEST_ROUTING_KEY,
-    RESET_ON_REPLAY,
-    STEP_HEADER,
-    TOKEN_HEADER,
-)
-from worker.messaging.outgoing import copy_message
 from worker.messaging.publish import publish_request
 from worker.messaging.topology import Names
 from worker.ops.app import open_store
 from worker.ops.settings import Settings
-from worker.saga.policy import reopenable
 from worker.saga.store import StoredSaga
 
 
@@ -146,131 +129,3 @@ def describe(saga: StoredSaga) -> Iterator[str]:
             f"{call.status or '---'} {call.duration_ms}ms {call.error_code or ''} "
             f"x-request-id={call.x_request_id or '-'}"
         ).rstrip()
-
-
-# --- dead letters ---
-
-
-@dataclass(frozen=True, slots=True)
-class Parked:
-    message_id: str
-    correlation_id: str | None
-    request_id: str
-    reason: str
-    step: str
-    outcome_status: str
-    parked_at: str
-    age_seconds: float | None
-    attempts: int
-    size: int
-    headers: dict[str, Any]
-    body: bytes
-
-    @classmethod
-    def of(cls, message: AbstractIncomingMessage) -> Parked:
-        headers = dict(message.headers or {})
-        parked_at = str(headers.get(PARKED_AT_HEADER, ""))
-        try:
-            age: float | None = (
-                datetime.now(UTC) - datetime.fromisoformat(parked_at)
-            ).total_seconds()
-        except ValueError:
-            age = None
-        attempts = headers.get(ATTEMPT_HEADER, 0)
-        return cls(
-            message_id=message.message_id or "",
-            correlation_id=message.correlation_id,
-            request_id=str(headers.get(REQUEST_ID_HEADER) or "-"),
-            reason=str(headers.get(REASON_HEADER, "BROKER_DEAD_LETTERED")),
-            step=str(headers.get(STEP_HEADER) or "-"),
-            outcome_status=str(headers.get(OUTCOME_STATUS_HEADER) or "-"),
-            parked_at=parked_at or "-",
-            age_seconds=age,
-            attempts=attempts if isinstance(attempts, int) else 0,
-            size=len(message.body),
-            headers={k: v for k, v in headers.items() if k != TOKEN_HEADER},
-            body=message.body,
-        )
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "message_id": self.message_id,
-            "request_id": self.request_id,
-            "reason": self.reason,
-            "step": self.step,
-            "outcome": self.outcome_status,
-            "attempts": self.attempts,
-            "age_seconds": None if self.age_seconds is None else round(self.age_seconds),
-            "size_bytes": self.size,
-        }
-
-
-async def _browse(
-    channel: AbstractChannel, queue_name: str, limit: int
-) -> list[tuple[AbstractIncomingMessage, Parked]]:
-    """Take up to ``limit`` parked messages without acknowledging them: closing the channel
-    puts every one back, so looking never removes anything."""
-    queue = await channel.get_queue(queue_name)
-    taken: list[tuple[AbstractIncomingMessage, Parked]] = []
-    while len(taken) < limit:
-        message = await queue.get(no_ack=False, fail=False)
-        if message is None:
-            break
-        taken.append((message, Parked.of(message)))
-    return taken
-
-
-async def dead_letters(settings: Settings, limit: int = 1000) -> list[Parked]:
-    names = Names(settings.topology_prefix)
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
-    async with connection:
-        channel = await connection.channel()
-        return [parked for _, parked in await _browse(channel, names.dead_letter_queue, limit)]
-
-
-async def replay(
-    settings: Settings,
-    message_ids: set[str],
-    *,
-    token: str | None,
-    reopen: bool,
-    limit: int = 10_000,
-) -> list[str]:
-    """Send chosen parked messages back to the work queue, keeping their x-ers-* history.
-
-    Parked messages carry no token: give one (``token``), or the requester is asked to
-    re-authenticate and re-send. ``reopen`` makes a finished saga resumable again, for when a
-    person has fixed what parked it (for NEEDS_RECONCILIATION: checked that the pending call
-    did not take effect).
-    """
-    names = Names(settings.topology_prefix)
-    store = await open_store(settings, release_leases=False) if reopen else None
-    replayed: list[str] = []
-    connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
-    try:
-        async with connection:
-            channel = await connection.channel(publisher_confirms=True)
-            exchange = await channel.get_exchange(names.requests_exchange)
-            for message, parked in await _browse(channel, names.dead_letter_queue, limit):
-                if parked.message_id not in message_ids:
-                    continue
-                if store is not None and parked.request_id != "-":
-                    saga = await store.load(parked.request_id)
-                    # Only a saga a person must finish is reopened; a completed one never is.
-                    if saga is not None and reopenable(saga.state):
-                        await store.reopen(
-                            saga.state.model_copy(update={"pending": None}), time.time()
-                        )
-                headers = {k: v for k, v in parked.headers.items() if k not in RESET_ON_REPLAY}
-                headers[REPLAYED_AT_HEADER] = datetime.now(UTC).isoformat()
-                if token:
-                    headers[TOKEN_HEADER] = token
-                await exchange.publish(
-                    copy_message(message, headers), routing_key=REQUEST_ROUTING_KEY
-                )
-                await message.ack()  # only once the copy is confirmed in the work queue
-                replayed.append(parked.message_id)
-    finally:
-        if store is not None:
-            await store.close()
-    return replayed
