@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 
 from schemas.events import OutcomeStatus
 from schemas.referral_request import ReferralRequestV1
+from worker.messaging import waits
 from worker.messaging.answers import Answers, new_id
 from worker.messaging.fate import Event, Fate, Handled, Incoming
 from worker.messaging.intake import Rejection, parse_request
@@ -46,7 +47,7 @@ from worker.saga.reference_data import ReferenceData
 from worker.saga.retry import RetrySchedule
 from worker.saga.runner import run_saga
 from worker.saga.slot_claims import SlotClaims
-from worker.saga.state import SagaState, finish, new_saga
+from worker.saga.state import SagaState, new_saga
 from worker.saga.store import Claim, ClaimKind, LeaseLost, SagaStore
 
 log = logging.getLogger("worker.messaging.handler")
@@ -254,37 +255,13 @@ class RequestHandler:
     def _wait_or_give_up(
         self, state: SagaState, msg: Incoming, token: AccessToken
     ) -> Handled | SagaState:
-        """A waiting saga goes to a delay queue, unless its token or its budget runs out."""
-        waiting = state.waiting
-        assert waiting is not None
-        now = self._clock()
-        schedule = self._durable.retry
-        asked = state.waiting_at_least
-        resume_at = datetime.fromtimestamp(now + schedule.delay_for(msg.attempt, asked), UTC)
-        if token.expires_at is not None and token.expires_at <= resume_at:
-            error = outcomes.token_expires_first(waiting)
-            return finish(state, OutcomeStatus.REAUTHENTICATION_NEEDED, error)
-        delay = schedule.next_delay(msg.attempt, msg.first_seen(now), now, asked)
-        if delay is None:
-            return finish(state, OutcomeStatus.FAILED, outcomes.budget_spent(waiting))
-        log.info(
-            "saga waiting",
-            extra={
-                "request_id": state.request_id,
-                "step": waiting.step.value,
-                "code": waiting.code,
-                "delay_seconds": delay,
-            },
-        )
-        return Handled([], Fate.DELAY, reason=waiting.code, delay_seconds=delay, result=DELAYED)
+        return waits.wait_or_give_up(state, msg, token, self._durable.retry, self._clock())
 
     def _busy(
         self, request: ReferralRequestV1, msg: Incoming, kind: ClaimKind, correlation_id: str
     ) -> Handled:
         now = self._clock()
-        # The saga (or the patient's other saga) holds a lease: poll at the first tier, so
-        # that a dead replica's saga is taken over within a lease and one tier of its end.
-        delay = self._durable.retry.next_delay(0, msg.first_seen(now), now)
+        delay = waits.busy_delay(self._durable.retry, msg, now)
         if delay is None:
             error = outcomes.busy_too_long(kind.value.upper())
             return self._answers.not_started(
@@ -292,14 +269,7 @@ class RequestHandler:
                 OutcomeStatus.FAILED, error,
             )  # fmt: skip
         log.info("saga busy", extra={"request_id": request.request_id, "why": kind.value})
-        return Handled(
-            [],
-            Fate.DELAY,
-            reason=kind.value.upper(),
-            delay_seconds=delay,
-            result=DELAYED,
-            counts_attempt=False,
-        )
+        return waits.busy(kind, delay)
 
     async def _finish(self, request: ReferralRequestV1, state: SagaState) -> Handled:
         now = self._now()

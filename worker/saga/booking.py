@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from schemas.events import Path
 from schemas.referral_request import BookingWindow
-from worker.fhir import build as fb
+from worker.fhir import build_appointment as fa
 from worker.fhir.read import FreeSlot, appointment_facts, slots_from_bundle
 from worker.fhir.vocabulary import SLOT_GONE, DeferReason, ErsCode
 from worker.saga.appointment import after_appointment
@@ -26,7 +26,7 @@ from worker.saga.state import SagaState
 
 async def book_or_defer(state: SagaState, ctx: SagaContext) -> SagaState:
     if state.path is Path.RAS_TRIAGE:
-        body = fb.send_for_triage(**_appointment_args(state, ctx))
+        body = fa.send_for_triage(**_appointment_args(state, ctx))
         reply = await ctx.ers.book_or_defer(body)
         return after_appointment(state, appointment_facts(reply.body))
     if state.path is Path.DBS_DEFERRED:
@@ -84,7 +84,7 @@ def _appointment_args(state: SagaState, ctx: SagaContext) -> dict[str, str]:
 
 
 async def _defer(state: SagaState, ctx: SagaContext, reason: DeferReason) -> SagaState:
-    body = fb.defer_appointment(**_appointment_args(state, ctx), reason=reason.value)
+    body = fa.defer_appointment(**_appointment_args(state, ctx), reason=reason.value)
     reply = await ctx.ers.book_or_defer(body)
     return after_appointment(state, appointment_facts(reply.body))
 
@@ -122,7 +122,7 @@ async def _book_earliest(state: SagaState, ctx: SagaContext) -> SagaState:
 
 
 async def _book(state: SagaState, ctx: SagaContext, slot: FreeSlot) -> SagaState:
-    body = fb.book_appointment(
+    body = fa.book_appointment(
         **_appointment_args(state, ctx),
         slot_id=slot.slot_id,
         start=slot.start,

@@ -22,7 +22,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from worker.fhir import build as fb
-from worker.fhir.read import ReferralFacts, WorklistItem, referral_facts, worklist_items
+from worker.fhir.read import ReferralFacts, referral_facts
+from worker.fhir.read_worklist import WorklistItem, worklist_items
 from worker.fhir.vocabulary import Endpoint, Worklist
 from worker.saga.appointment import after_appointment
 from worker.saga.context import SagaContext

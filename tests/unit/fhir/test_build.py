@@ -10,6 +10,7 @@ import pytest
 from schemas import ActingUser, BusinessFunction, Priority, SearchCriteria, SortBy
 from tests.spec_examples import example
 from worker.fhir import build as fb
+from worker.fhir import build_appointment as fa
 
 SPECIALTY_CS = fb.specialty_system("_baseUrl_")
 NHS = "9912003888"
@@ -124,7 +125,7 @@ REFERRAL = {"ubrn": "000000070000", "version": "6", "nhs_number": NHS}
 
 
 def test_a016_minimal_booking() -> None:
-    body = fb.book_appointment(
+    body = fa.book_appointment(
         **REFERRAL,
         service_id="11000",
         slot_id="11000021",
@@ -142,10 +143,21 @@ def test_a016_minimal_booking() -> None:
     ],
 )
 def test_a016_deferral(name: str, service_id: str, reason: str) -> None:
-    body = fb.defer_appointment(**REFERRAL, service_id=service_id, reason=reason)
+    body = fa.defer_appointment(**REFERRAL, service_id=service_id, reason=reason)
     assert body == example(f"bookOrDeferAppointment/requests/{name}")
 
 
 def test_a016_triage() -> None:
-    body = fb.send_for_triage(**REFERRAL, service_id="50001")
+    body = fa.send_for_triage(**REFERRAL, service_id="50001")
     assert body == example("bookOrDeferAppointment/requests/TriageDeferral.json")
+
+
+@pytest.mark.parametrize(
+    ("list_type", "name"),
+    [
+        ("AWAITING_BOOKING", "MinimalAwaitingBooking.json"),
+        ("LETTERS_OUTSTANDING", "MinimalLettersOutstanding.json"),
+    ],
+)
+def test_a008_worklist_request_matches_the_example(list_type: str, name: str) -> None:
+    assert fb.fetch_worklist(list_type) == example(f"retrieveWorklist/requests/{name}")

@@ -408,3 +408,18 @@ def test_parse_instant(text: str, instant: datetime) -> None:
 
     assert parsed == instant
     assert parsed.utcoffset() == instant.utcoffset()
+
+
+def test_a_referrer_worklist_names_each_referral_its_patient_and_when_it_was_made() -> None:
+    from worker.fhir.read_worklist import WorklistItem, worklist_items
+
+    items = worklist_items(example("retrieveWorklist/responses/AwaitingBooking.json"))
+
+    assert items[0] == WorklistItem(
+        ubrn="000000070001",
+        nhs_number="9462979626",
+        priority="ROUTINE",
+        created=datetime(2021, 9, 3, 14, 19, 4, 702000, tzinfo=UTC),
+        referrer="021600556514",
+    )
+    assert len(items) == 2
