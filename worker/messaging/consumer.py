@@ -11,7 +11,9 @@ Rules:
    kills the worker; we park such a message ourselves on its last delivery.
 4. On stop: no new saga starts; running ones get the grace period; the rest are requeued
    and resume from their checkpoints.
-5. After the robust connection comes back, the worker checks that the broker really sees a
+5. A broker that is not up when the worker starts is waited for, with backoff and one log
+   line per try (the robust connection only reconnects once it has connected).
+6. After the robust connection comes back, the worker checks that the broker really sees a
    consumer on the work queue (a known failure is a live connection with none), subscribes
    again if not, and gives up (``failed`` is set, the process exits non-zero so the
    orchestrator restarts it) if that does not work either.
@@ -96,10 +98,7 @@ class Worker:
     async def start(self) -> None:
         settings = self._settings
         await self.health.start(settings.metrics_host, settings.metrics_port)
-        self._connection = await aio_pika.connect_robust(
-            self._settings.amqp_url.get_secret_value(),
-            client_properties={"connection_name": "ers-worker"},
-        )
+        self._connection = await self._connect()
         channel = await self._connection.channel(publisher_confirms=True)
         assert isinstance(channel, AbstractRobustChannel)
         self._channel = channel
@@ -117,6 +116,25 @@ class Worker:
             "consuming",
             extra={"queue": self._names.requests_queue, "prefetch": self._settings.prefetch},
         )
+
+    async def _connect(self) -> AbstractRobustConnection:
+        """The broker connection, waited for with backoff if the broker is not up yet (a
+        robust connection only reconnects once it has connected): one log line per try."""
+        delay, attempt = 1.0, 0
+        while True:
+            attempt += 1
+            try:
+                return await aio_pika.connect_robust(
+                    self._settings.amqp_url.get_secret_value(),
+                    client_properties={"connection_name": "ers-worker"},
+                )
+            except (OSError, aio_pika.exceptions.AMQPError) as exc:
+                log.error(
+                    "broker unreachable, retrying",
+                    extra={"attempt": attempt, "error": type(exc).__name__, "delay_seconds": delay},
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
 
     def _after_reconnect(self, *_: Any) -> None:
         self.reconnects += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -38,7 +39,17 @@ async def serve(settings: Settings) -> int:
         loop.add_signal_handler(sig, stop.set)
     async with request_handler(settings) as handler:
         worker = Worker(settings, handler)
-        await worker.start()
+        starting = asyncio.create_task(worker.start())
+        asked_to_stop = asyncio.create_task(stop.wait())
+        await asyncio.wait({starting, asked_to_stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # stopped while still waiting for the broker
+            starting.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await starting
+            await worker.stop(grace_seconds=0)
+            return 0
+        asked_to_stop.cancel()
+        starting.result()  # a failure to start is raised here
         stopped = asyncio.create_task(stop.wait())
         failed = asyncio.create_task(worker.failed.wait())
         await asyncio.wait({stopped, failed}, return_when=asyncio.FIRST_COMPLETED)
