@@ -149,22 +149,47 @@ async def test_a_store_made_before_fingerprints_is_upgraded(tmp_path: Path) -> N
         await store.close()
 
 
-async def test_a_saga_stored_under_its_legacy_fingerprint_is_still_the_same_request(
+async def test_a_saga_stored_before_content_fingerprints_is_matched_by_its_raw_bytes(
     store: SagaStore,
 ) -> None:
-    # A saga in flight across the upgrade holds the raw-bytes fingerprint; its redelivery
-    # comes with the canonical one and offers the raw one too. It resumes, never REUSED.
+    # A saga in flight across the upgrade holds only the raw-bytes fingerprint: its
+    # byte-identical redelivery resumes; different bytes are another request.
     first = await store.claim(saga(), ALICE, "a", LEASE, now=100.0, fingerprint="raw")
-    assert first.kind is ClaimKind.STARTED
-    assert first.state is not None
+    assert first.kind is ClaimKind.STARTED and first.state is not None
     await store.release(first.state, "a", now=101.0)
 
     again = await store.claim(
-        saga(), ALICE, "a", LEASE, now=102.0, fingerprint="canonical", also_matches=("raw",)
+        saga(), ALICE, "a", LEASE, now=102.0, fingerprint="raw", content_fingerprint="c"
     )
     other = await store.claim(
-        saga(), ALICE, "a", LEASE, now=103.0, fingerprint="canonical", also_matches=("else",)
+        saga(), ALICE, "a", LEASE, now=103.0, fingerprint="raw2", content_fingerprint="c"
     )
 
     assert again.kind is ClaimKind.RESUMED
     assert other.kind is ClaimKind.REUSED
+
+
+async def test_a_resend_with_other_bytes_but_the_same_content_is_the_same_request(
+    store: SagaStore,
+) -> None:
+    first = await store.claim(
+        saga(), ALICE, "a", LEASE, now=100.0, fingerprint="raw", content_fingerprint="c"
+    )
+    assert first.state is not None
+    await store.release(first.state, "a", now=101.0)
+
+    reserialised = await store.claim(
+        saga(), ALICE, "a", LEASE, now=102.0, fingerprint="raw2", content_fingerprint="c"
+    )
+    older_replica = await store.claim(saga(), ALICE, "b", LEASE, now=103.0, fingerprint="raw")
+    different = await store.claim(
+        saga(), ALICE, "a", LEASE, now=300.0, fingerprint="raw", content_fingerprint="d"
+    )
+
+    assert reserialised.kind is ClaimKind.RESUMED
+    # A replica of the version before (raw bytes only) still recognises its redelivery.
+    assert older_replica.kind is ClaimKind.BUSY_REQUEST  # held by "a" since 102: not REUSED
+    assert different.kind is ClaimKind.REUSED
+    stored = await store.load("req-1")
+    assert stored is not None
+    assert (stored.fingerprint, stored.content_fingerprint) == ("raw", "c")

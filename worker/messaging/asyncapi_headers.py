@@ -13,6 +13,7 @@ from worker.messaging.headers import (
     DELIVERY_COUNT_HEADER,
     EXPIRES_HEADER,
     FIRST_SEEN_HEADER,
+    FIRST_SEEN_MS_HEADER,
     OUTCOME_STATUS_HEADER,
     PARKED_AT_HEADER,
     PROBLEM_HEADER,
@@ -64,12 +65,18 @@ def header_schemas() -> dict[str, Any]:
                 "description": "Set by the worker, not by senders: how many times the "
                 "request has been through a delay queue.",
             },
-            FIRST_SEEN_HEADER: {
+            FIRST_SEEN_MS_HEADER: {
                 "type": "integer",
                 "minimum": 0,
                 "description": "Set by the worker, not by senders: Unix time in "
                 "milliseconds the request was first received (RETRY_BUDGET_SECONDS counts "
                 "from it).",
+            },
+            FIRST_SEEN_HEADER: {
+                "type": "number",
+                "description": "Set by the worker, not by senders: the same in seconds, for "
+                "workers of the version before; read only when the milliseconds header is "
+                "missing.",
             },
             DELIVERY_COUNT_HEADER: {
                 "type": "integer",
@@ -132,7 +139,8 @@ def header_schemas() -> dict[str, Any]:
                 "free text); only for errors not answered by e-RS.",
             },
             ATTEMPT_HEADER: {"type": "integer", "minimum": 0},
-            FIRST_SEEN_HEADER: {"type": "integer", "minimum": 0},
+            FIRST_SEEN_HEADER: {"type": "number"},
+            FIRST_SEEN_MS_HEADER: {"type": "integer", "minimum": 0},
         },
         "required": list(PARKED_HEADERS_ALWAYS),
         "not": {"anyOf": [{"required": [TOKEN_HEADER]}, {"required": [EXPIRES_HEADER]}]},

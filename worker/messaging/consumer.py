@@ -40,8 +40,9 @@ from worker.messaging.headers import (
     ATTEMPT_HEADER,
     DELIVERY_COUNT_HEADER,
     FIRST_SEEN_HEADER,
+    FIRST_SEEN_MS_HEADER,
     attempt_of,
-    first_seen_value,
+    first_seen_headers,
 )
 from worker.messaging.outgoing import copy_message, event_message, parked_headers, routing_key
 from worker.messaging.topology import Names, Topology, declare
@@ -243,7 +244,8 @@ class Worker:
             headers = dict(message.headers or {})
             headers.pop(DELIVERY_COUNT_HEADER, None)
             headers[ATTEMPT_HEADER] = attempt_of(headers) + (1 if handled.counts_attempt else 0)
-            headers.setdefault(FIRST_SEEN_HEADER, first_seen_value(time.time()))
+            if FIRST_SEEN_MS_HEADER not in headers and FIRST_SEEN_HEADER not in headers:
+                headers.update(first_seen_headers(time.time()))
             queue = topology.names.delay_queue(handled.delay_seconds)
             await topology.default.publish(copy_message(message, headers), routing_key=queue)
             metrics.delayed.labels(f"{handled.delay_seconds:g}", bounded_code(handled.reason)).inc()

@@ -29,7 +29,12 @@ from worker.observability.logs import saga_context
 from worker.observability.metrics import DELAYED, POISONED, REQUEUED, Metrics
 from worker.observability.tracing import current_headers, saga_span
 from worker.saga import outcomes
-from worker.saga.claims import patient_key, raw_fingerprint, request_fingerprint, resumable
+from worker.saga.claims import (
+    content_fingerprint,
+    patient_key,
+    raw_fingerprint,
+    resumable,
+)
 from worker.saga.context import SagaContext, SagaOptions
 from worker.saga.journal import Journal
 from worker.saga.lease import heartbeat
@@ -158,8 +163,8 @@ class RequestHandler:
                 durable.owner,
                 durable.lease_seconds,
                 self._clock(),
-                request_fingerprint(request, durable.patient_key_secret),
-                also_matches=(raw_fingerprint(msg.body, durable.patient_key_secret),),
+                raw_fingerprint(msg.body, durable.patient_key_secret),
+                content_fingerprint(request, durable.patient_key_secret),
             )
             return await self._after_claim(claim, request, msg, correlation_id)
 

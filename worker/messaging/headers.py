@@ -21,8 +21,12 @@ SECRET_HEADERS = frozenset({TOKEN_HEADER, EXPIRES_HEADER})  # never parked, neve
 
 # --- set by the worker on a request it sends through a delay queue ---
 ATTEMPT_HEADER = "x-ers-attempt"  # trips through a delay queue so far
-# Epoch MILLISECONDS of the first delivery, an integer: the retry budget counts from it. (A
-# float went through the broker as 32 bits: 1796163378.8 came back as 1796163328.0.)
+# When the request was first received: the retry budget counts from it. As epoch
+# MILLISECONDS, an integer (a float went through the broker as 32 bits: 1796163378.8 came
+# back as 1796163328.0). The seconds header is still written, for replicas of the version
+# before during a rolling upgrade (and after a rollback); it is read only when the
+# milliseconds one is missing.
+FIRST_SEEN_MS_HEADER = "x-ers-first-seen-ms"
 FIRST_SEEN_HEADER = "x-ers-first-seen"
 
 # --- set by the worker on a request it parks ---
@@ -50,7 +54,7 @@ DELIVERY_COUNT_HEADER = "x-delivery-count"  # quorum queues: earlier deliveries 
 DEATH_HEADER = "x-death"  # the broker's own dead-lettering history
 # What a replayed message must start without: the broker's and the delay trips' counts.
 RESET_ON_REPLAY = frozenset(
-    {DELIVERY_COUNT_HEADER, DEATH_HEADER, ATTEMPT_HEADER, FIRST_SEEN_HEADER}
+    {DELIVERY_COUNT_HEADER, DEATH_HEADER, ATTEMPT_HEADER, FIRST_SEEN_HEADER, FIRST_SEEN_MS_HEADER}
 )
 
 
@@ -60,18 +64,18 @@ def attempt_of(headers: Mapping[str, Any]) -> int:
     return value if isinstance(value, int) and value >= 0 else 0
 
 
-def first_seen_value(now: float) -> int:
-    """The header's value for a message first seen at ``now`` (epoch seconds)."""
-    return int(now * 1000)
+def first_seen_headers(now: float) -> dict[str, Any]:
+    """The headers saying a message was first seen at ``now`` (epoch seconds)."""
+    return {FIRST_SEEN_MS_HEADER: int(now * 1000), FIRST_SEEN_HEADER: now}
 
 
 def first_seen_of(headers: Mapping[str, Any], default: float) -> float:
-    """Epoch seconds the message was first seen. An integer is milliseconds; a float is the
-    seconds written before the header became an integer (messages already in delay queues
-    when the worker was upgraded)."""
+    """Epoch seconds the message was first seen: from the milliseconds header, else from the
+    seconds one (messages delayed by the version before), else ``default``."""
+    millis = headers.get(FIRST_SEEN_MS_HEADER)
+    if isinstance(millis, int) and not isinstance(millis, bool):
+        return millis / 1000
     value = headers.get(FIRST_SEEN_HEADER)
-    if isinstance(value, bool):
-        return default
-    if isinstance(value, int):
-        return value / 1000
-    return float(value) if isinstance(value, float) else default
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    return default

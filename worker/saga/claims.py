@@ -7,7 +7,7 @@ A backend, inside one transaction:
 3. if not, takes the lease and returns ``taken``.
 
 Patients and request bodies are known to the store only by keyed hashes (``patient_key``,
-``request_fingerprint``).
+``content_fingerprint`` and ``raw_fingerprint``).
 """
 
 from __future__ import annotations
@@ -23,14 +23,25 @@ from worker.saga.state import SagaState
 from worker.saga.store import Claim, ClaimKind, StoredSaga
 
 
+def same_request(stored: StoredSaga, fingerprint: str, content_fingerprint: str) -> bool:
+    """Whether the incoming message is the stored saga's request.
+
+    By content where both sides have it (a re-send the engine re-serialised is the same
+    request); else by the raw bytes, which is all a saga stored before content fingerprints
+    has, and all a replica of that older version compares (so both versions can run side by
+    side during a rolling upgrade, and a rollback reads what this one stored)."""
+    if stored.content_fingerprint and content_fingerprint:
+        return stored.content_fingerprint == content_fingerprint
+    return not stored.fingerprint or stored.fingerprint == fingerprint
+
+
 def settled(
-    stored: StoredSaga | None, fingerprint: str, now: float, *, also: tuple[str, ...] = ()
+    stored: StoredSaga | None, fingerprint: str, now: float, *, content_fingerprint: str = ""
 ) -> Claim | None:
-    """The claim's answer when no lease is to be taken, else None. The request is the stored
-    one if its fingerprint, or one of ``also`` (the legacy form), is the one stored."""
+    """The claim's answer when no lease is to be taken, else None."""
     if stored is None:
         return None
-    if stored.fingerprint and stored.fingerprint not in (fingerprint, *also):
+    if not same_request(stored, fingerprint, content_fingerprint):
         return Claim(ClaimKind.REUSED, stored.state)
     if stored.final:
         return Claim(ClaimKind.FINISHED, stored.state, stored.outcome)
@@ -58,7 +69,7 @@ def patient_key(nhs_number: str, secret: bytes) -> str:
     return hmac.new(secret, nhs_number.encode("ascii"), hashlib.sha256).hexdigest()
 
 
-def request_fingerprint(request: ReferralRequestV1, secret: bytes) -> str:
+def content_fingerprint(request: ReferralRequestV1, secret: bytes) -> str:
     """A keyed hash of the request's validated content in a canonical form (keys sorted, no
     whitespace, numbers as the contract types them): tells a re-send from a new request
     re-using its id, even when the upstream engine re-serialised the JSON."""
@@ -67,9 +78,8 @@ def request_fingerprint(request: ReferralRequestV1, secret: bytes) -> str:
 
 
 def raw_fingerprint(body: bytes, secret: bytes) -> str:
-    """The fingerprint sagas stored before ``request_fingerprint``: a keyed hash of the raw
-    bytes. Still accepted, so that a saga in flight across the upgrade is not refused as a
-    re-used id when its message comes back."""
+    """A keyed hash of the raw bytes: what sagas stored before ``content_fingerprint``, and
+    still stored beside it (see ``same_request``)."""
     return hmac.new(secret, body, hashlib.sha256).hexdigest()
 
 

@@ -50,6 +50,7 @@ class StoredSaga:
     created_at: float
     updated_at: float
     fingerprint: str | None = None
+    content_fingerprint: str | None = None
 
 
 class LeaseLost(RuntimeError):
@@ -65,10 +66,10 @@ class SagaStore(Protocol):
         lease_seconds: float,
         now: float,
         fingerprint: str = "",
-        also_matches: tuple[str, ...] = (),
+        content_fingerprint: str = "",
     ) -> Claim:
-        """Take the saga of ``initial.request_id`` (stored as ``initial`` when new, with
-        ``fingerprint``); a stored fingerprint equal to one of ``also_matches`` counts too."""
+        """Take the saga of ``initial.request_id`` (stored as ``initial`` when new, with both
+        fingerprints: ``claims.raw_fingerprint`` and ``claims.request_fingerprint``)."""
         ...
 
     async def checkpoint(

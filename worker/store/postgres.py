@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS ers_sagas (
     outcome      BYTEA,
     patient_key  TEXT,
     fingerprint  TEXT,
+    content_fingerprint TEXT,
     owner        TEXT,
     lease_until  DOUBLE PRECISION,
     claims       INTEGER NOT NULL DEFAULT 0,
@@ -35,11 +36,12 @@ CREATE INDEX IF NOT EXISTS ers_sagas_patient ON ers_sagas (patient_key)
     WHERE patient_key IS NOT NULL;
 -- Stores made before the column existed get it on start-up.
 ALTER TABLE ers_sagas ADD COLUMN IF NOT EXISTS fingerprint TEXT;
+ALTER TABLE ers_sagas ADD COLUMN IF NOT EXISTS content_fingerprint TEXT;
 """
 
 _COLUMNS = (
     "request_id, state::text AS state, final, outcome, owner, lease_until, claims, "
-    "created_at, updated_at, fingerprint"
+    "created_at, updated_at, fingerprint, content_fingerprint"
 )
 
 
@@ -55,6 +57,7 @@ def _stored(row: asyncpg.Record) -> StoredSaga:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
         fingerprint=row["fingerprint"],
+        content_fingerprint=row["content_fingerprint"],
     )
 
 
@@ -97,7 +100,7 @@ class PostgresSagaStore:
         lease_seconds: float,
         now: float,
         fingerprint: str = "",
-        also_matches: tuple[str, ...] = (),
+        content_fingerprint: str = "",
     ) -> Claim:
         request_id = initial.request_id
         async with self._pool.acquire() as conn, conn.transaction():
@@ -106,7 +109,9 @@ class PostgresSagaStore:
                 f"SELECT {_COLUMNS} FROM ers_sagas WHERE request_id = $1 FOR UPDATE", request_id
             )
             stored = _stored(row) if row else None
-            answer = claims.settled(stored, fingerprint, now, also=also_matches)
+            answer = claims.settled(
+                stored, fingerprint, now, content_fingerprint=content_fingerprint
+            )
             if answer is not None:
                 return answer
             other = await conn.fetchval(
@@ -132,8 +137,8 @@ class PostgresSagaStore:
                 return claims.taken(stored, initial)
             inserted = await conn.execute(
                 "INSERT INTO ers_sagas (request_id, state, step, patient_key, owner, "
-                "lease_until, claims, created_at, updated_at, fingerprint) "
-                "VALUES ($1, $2::jsonb, $3, $4, $5, $6, 1, $7, $7, $8) "
+                "lease_until, claims, created_at, updated_at, fingerprint, content_fingerprint) "
+                "VALUES ($1, $2::jsonb, $3, $4, $5, $6, 1, $7, $7, $8, $9) "
                 "ON CONFLICT (request_id) DO NOTHING",
                 request_id,
                 initial.model_dump_json(),
@@ -143,6 +148,7 @@ class PostgresSagaStore:
                 lease_until,
                 now,
                 fingerprint or None,
+                content_fingerprint or None,
             )
             if inserted.endswith(" 0"):
                 # Another replica inserted it between our read and our insert.

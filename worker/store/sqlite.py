@@ -29,6 +29,7 @@ CREATE TABLE IF NOT EXISTS ers_sagas (
     outcome      BLOB,
     patient_key  TEXT,
     fingerprint  TEXT,
+    content_fingerprint TEXT,
     owner        TEXT,
     lease_until  REAL,
     claims       INTEGER NOT NULL DEFAULT 0,
@@ -41,7 +42,7 @@ CREATE INDEX IF NOT EXISTS ers_sagas_patient ON ers_sagas (patient_key)
 
 _SELECT = (
     "SELECT request_id, state, final, outcome, owner, lease_until, claims, created_at, "
-    "updated_at, fingerprint FROM ers_sagas WHERE request_id = ?"
+    "updated_at, fingerprint, content_fingerprint FROM ers_sagas WHERE request_id = ?"
 )
 
 
@@ -57,6 +58,7 @@ def _stored(row: Any) -> StoredSaga:
         created_at=row[7],
         updated_at=row[8],
         fingerprint=row[9],
+        content_fingerprint=row[10],
     )
 
 
@@ -77,8 +79,9 @@ class SqliteSagaStore:
         # ADD COLUMN IF NOT EXISTS).
         async with db.execute("PRAGMA table_info(ers_sagas)") as cursor:
             columns = {row[1] for row in await cursor.fetchall()}
-        if "fingerprint" not in columns:
-            await db.execute("ALTER TABLE ers_sagas ADD COLUMN fingerprint TEXT")
+        for column in ("fingerprint", "content_fingerprint"):
+            if column not in columns:
+                await db.execute(f"ALTER TABLE ers_sagas ADD COLUMN {column} TEXT")
         return cls(db)
 
     async def close(self) -> None:
@@ -96,7 +99,7 @@ class SqliteSagaStore:
         lease_seconds: float,
         now: float,
         fingerprint: str = "",
-        also_matches: tuple[str, ...] = (),
+        content_fingerprint: str = "",
     ) -> Claim:
         db = self._db
 
@@ -105,7 +108,13 @@ class SqliteSagaStore:
                 await db.execute("BEGIN IMMEDIATE")
                 try:
                     claim = await self._claim(
-                        initial, patient_key, owner, lease_seconds, now, fingerprint, also_matches
+                        initial,
+                        patient_key,
+                        owner,
+                        lease_seconds,
+                        now,
+                        fingerprint,
+                        content_fingerprint,
                     )
                 except BaseException:
                     await db.execute("ROLLBACK")
@@ -125,14 +134,14 @@ class SqliteSagaStore:
         lease_seconds: float,
         now: float,
         fingerprint: str = "",
-        also_matches: tuple[str, ...] = (),
+        content_fingerprint: str = "",
     ) -> Claim:
         db = self._db
         request_id = initial.request_id
         async with db.execute(_SELECT, (request_id,)) as cursor:
             row = await cursor.fetchone()
         stored = _stored(row) if row else None
-        answer = claims.settled(stored, fingerprint, now, also=also_matches)
+        answer = claims.settled(stored, fingerprint, now, content_fingerprint=content_fingerprint)
         if answer is not None:
             return answer
         async with db.execute(
@@ -152,7 +161,8 @@ class SqliteSagaStore:
             return claims.taken(stored, initial)
         await db.execute(
             "INSERT INTO ers_sagas (request_id, state, step, patient_key, owner, lease_until, "
-            "claims, created_at, updated_at, fingerprint) VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?)",
+            "claims, created_at, updated_at, fingerprint, content_fingerprint) "
+            "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
             (
                 request_id,
                 initial.model_dump_json(),
@@ -163,6 +173,7 @@ class SqliteSagaStore:
                 now,
                 now,
                 fingerprint or None,
+                content_fingerprint or None,
             ),
         )
         return claims.taken(None, initial)

@@ -13,10 +13,10 @@ from schemas.referral_request import ReferralRequestV1
 from tests.unit.fakes import NOW
 from worker.ops.samples import sample
 from worker.saga.claims import (
+    content_fingerprint,
     patient_busy,
     patient_key,
     raw_fingerprint,
-    request_fingerprint,
     resumable,
     settled,
     taken,
@@ -158,34 +158,41 @@ def test_a_raw_fingerprint_is_stable_keyed_and_hides_the_body() -> None:
     assert NHS_NUMBER not in fingerprint
 
 
-def test_a_request_fingerprint_ignores_how_the_json_was_written() -> None:
+def test_a_content_fingerprint_ignores_how_the_json_was_written() -> None:
     data = sample("03-ibs-shortlisted.json")
     pretty = orjson.dumps(data, option=orjson.OPT_INDENT_2)
     compact = orjson.dumps(dict(reversed(list(data.items()))))
 
-    fingerprint = request_fingerprint(_request(orjson.loads(pretty)), SECRET)
+    fingerprint = content_fingerprint(_request(orjson.loads(pretty)), SECRET)
 
-    assert fingerprint == request_fingerprint(_request(orjson.loads(compact)), SECRET)
+    assert fingerprint == content_fingerprint(_request(orjson.loads(compact)), SECRET)
     assert raw_fingerprint(pretty, SECRET) != raw_fingerprint(compact, SECRET)
-    assert fingerprint != request_fingerprint(_request(orjson.loads(pretty)), b"another secret")
+    assert fingerprint != content_fingerprint(_request(orjson.loads(pretty)), b"another secret")
     assert len(fingerprint) == 64
     assert data["patient"]["nhs_number"] not in fingerprint
 
 
-def test_a_request_fingerprint_tells_a_different_request_apart() -> None:
+def test_a_content_fingerprint_tells_a_different_request_apart() -> None:
     data = sample("03-ibs-shortlisted.json")
     changed = {**data, "search": {**data["search"], "priority": "URGENT"}}
 
-    assert request_fingerprint(_request(data), SECRET) != request_fingerprint(
+    assert content_fingerprint(_request(data), SECRET) != content_fingerprint(
         _request(changed), SECRET
     )
 
 
-def test_a_legacy_raw_fingerprint_still_matches_when_offered() -> None:
-    row = stored(fingerprint="raw-fp")
+def test_content_decides_where_both_sides_have_it_else_the_raw_bytes() -> None:
+    legacy = stored(fingerprint="raw-fp")  # stored before content fingerprints
+    both = stored(fingerprint="raw-fp", content_fingerprint="content-fp")
+    reused = Claim(ClaimKind.REUSED, legacy.state)
 
-    assert settled(row, "canonical-fp", NOW_S) == Claim(ClaimKind.REUSED, row.state)
-    assert settled(row, "canonical-fp", NOW_S, also=("raw-fp",)) is None
+    assert settled(legacy, "raw-fp", NOW_S, content_fingerprint="content-fp") is None
+    assert settled(legacy, "other-raw", NOW_S, content_fingerprint="content-fp") == reused
+    # Re-serialised: other bytes, the same content.
+    assert settled(both, "other-raw", NOW_S, content_fingerprint="content-fp") is None
+    assert settled(both, "raw-fp", NOW_S, content_fingerprint="other-content") == reused
+    # A replica of the version before compares the raw bytes only.
+    assert settled(both, "raw-fp", NOW_S) is None
 
 
 def test_patient_keys_and_fingerprints_are_not_plain_hashes() -> None:
