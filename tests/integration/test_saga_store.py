@@ -193,3 +193,15 @@ async def test_a_resend_with_other_bytes_but_the_same_content_is_the_same_reques
     stored = await store.load("req-1")
     assert stored is not None
     assert (stored.fingerprint, stored.content_fingerprint) == ("raw", "c")
+
+
+async def test_a_restarted_replica_frees_its_own_leases_and_no_other(store: SagaStore) -> None:
+    mine = await store.claim(saga("req-1"), ALICE, "ers-worker-0/aaaa", LEASE, now=100.0)
+    other = await store.claim(saga("req-2"), "bob", "ers-worker-10/bbbb", LEASE, now=100.0)
+    assert mine.kind is other.kind is ClaimKind.STARTED
+
+    assert await store.release_leases_of("ers-worker-0") == 1
+
+    freed, kept = await store.load("req-1"), await store.load("req-2")
+    assert freed is not None and freed.owner is None
+    assert kept is not None and kept.owner == "ers-worker-10/bbbb"

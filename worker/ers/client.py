@@ -162,6 +162,7 @@ class ErsClient:
                 )
             except httpx.TransportError as exc:
                 error = classify_transport(endpoint, exc)
+                error.sent_at = at
                 self._record(caller, endpoint, None, at, started, None, error.code)
                 raise error from None
         self._failpoints.hit(f"after_send:{endpoint.value}")
@@ -175,6 +176,7 @@ class ErsClient:
                 # without the FHIR body the spec promises (an empty body, a proxy's HTML page).
                 kind = ErsOutcomeUnknown if endpoint.changes_state else ErsUnexpected
                 error = kind(endpoint, response.status_code, "UNREADABLE_BODY")
+                error.sent_at = at
                 self._record(
                     caller, endpoint, response.status_code, at, started, request_id, error.code
                 )
@@ -195,6 +197,7 @@ class ErsClient:
             request_id=request_id,
             now=caller.now(),
         )
+        error.sent_at = at
         self._record(caller, endpoint, response.status_code, at, started, request_id, error.code)
         raise error
 

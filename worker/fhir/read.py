@@ -102,7 +102,7 @@ def referral_facts(body: Json, etag: str | None = None) -> ReferralFacts:
     appointment = None
     urls: list[str] = []
     services: list[str] = []
-    priority = None
+    priority = criteria_specialty = None
     for res in body.get("contained", []):
         kind = res.get("resourceType")
         if kind == "Appointment":
@@ -113,15 +113,13 @@ def referral_facts(body: Json, etag: str | None = None) -> ReferralFacts:
                 for e in res.get("entry", [])
                 if e.get("item", {}).get("identifier", {}).get("system") == ERS_SERVICE
             )
-        elif kind == "Parameters":
-            priority = next(
-                (
-                    p.get("valueCoding", {}).get("code")
-                    for p in res.get("parameter", [])
-                    if p.get("name") == "priority"
-                ),
-                priority,
-            )
+        elif kind == "Parameters":  # the search criteria the referral was made with
+            codes = {
+                p.get("name"): p.get("valueCoding", {}).get("code")
+                for p in res.get("parameter", [])
+            }
+            priority = codes.get("priority") or priority
+            criteria_specialty = codes.get("specialty") or criteria_specialty
         elif kind == "DocumentReference":
             urls.extend(
                 c["attachment"]["url"]
@@ -140,7 +138,8 @@ def referral_facts(body: Json, etag: str | None = None) -> ReferralFacts:
         nhs_number=body.get("subject", {}).get("identifier", {}).get("value"),
         service_ids=tuple(services),
         priority=priority,
-        specialty=next(iter(_codes(body.get("specialty", {}))), None),
+        # e-RS shows the top-level specialty only once there is an appointment.
+        specialty=next(iter(_codes(body.get("specialty", {}))), None) or criteria_specialty,
     )
 
 

@@ -52,8 +52,12 @@ def build_token_provider(settings: Settings) -> TokenProvider:
 
 
 def replica_name(settings: Settings) -> str:
-    """The configured stable name, or one unique to this process."""
-    return settings.replica_name or f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    """This process's owner name in the saga store: the stable replica name (or the host
+    and pid) and a nonce. The nonce keeps two live processes that share a name (an
+    `ers-worker run` started inside a running pod, say) from holding each other's leases:
+    the one whose leases the other freed at start gets LeaseLost before it sends more."""
+    stem = settings.replica_name or f"{socket.gethostname()}-{os.getpid()}"
+    return f"{stem}/{uuid.uuid4().hex[:8]}"
 
 
 async def open_store(
@@ -72,7 +76,7 @@ async def open_store(
             return store
         # A stable name is this replica's alone: whoever held leases under it before this
         # process started is dead, so its sagas resume here at once.
-        released = await store.release_leases_of(owner)
+        released = await store.release_leases_of(settings.replica_name)
     else:
         store = await SqliteSagaStore.open(settings.saga_store_path)
         if not release_leases:
@@ -129,6 +133,7 @@ async def _handler(
                 max_slot_pages=settings.slot_max_pages,
                 max_booking_attempts=settings.booking_max_attempts,
                 create_horizon_seconds=settings.reconcile_horizon_seconds,
+                create_window_seconds=settings.reconcile_window_seconds,
                 clock_skew_seconds=settings.ers_clock_skew_seconds,
             ),
             durability=Durability(

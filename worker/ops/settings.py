@@ -198,6 +198,14 @@ class Settings(BaseSettings):
         "worklists is sent again only this long after it was first sent: longer than any "
         "e-RS or API-platform request timeout.",
     )
+    reconcile_window_seconds: float = Field(
+        3600.0,
+        gt=0,
+        validation_alias=_env("RECONCILE_WINDOW_SECONDS"),
+        description="Past this long after a lost create was sent, its absence from e-RS' "
+        "worklists no longer proves it was not made (it could have been booked or triaged "
+        "since): a person decides.",
+    )
     ers_clock_skew_seconds: float = Field(
         60.0,
         ge=0,

@@ -13,6 +13,9 @@ from worker.saga.reference_data import ReferenceData
 from worker.saga.slot_claims import SlotClaims
 from worker.saga.state import SagaState, TriageRoute
 
+UbrnHolder = Callable[[str], Awaitable[str | None]]
+"""The request id of the saga that holds a UBRN, or None."""
+
 # Dates patients and clinicians see (booking windows, contact-by dates) are English dates.
 LONDON = ZoneInfo("Europe/London")
 
@@ -30,6 +33,8 @@ class SagaOptions:
     create_horizon_seconds: float = 300.0
     # Clocks differ: a worklist item created this long before our pending mark still counts.
     clock_skew_seconds: float = 60.0
+    # Past this long after the send, "not on the worklists" no longer proves "not made".
+    create_window_seconds: float = 3600.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,9 @@ class SagaContext:
     now: Callable[[], datetime]
     # Shared by the sagas of one handler (so of one process); a fresh one serves a lone saga.
     slot_claims: SlotClaims = field(default_factory=SlotClaims)
+    # Which request's saga holds a UBRN (the saga store): a lost create never adopts another
+    # request's referral. None: nothing to ask (a lone saga in a test).
+    ubrn_holder: UbrnHolder | None = None
 
 
 StepFn = Callable[[SagaState, SagaContext], Awaitable[SagaState]]

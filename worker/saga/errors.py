@@ -24,6 +24,7 @@ The e-RS diagnostics text is kept apart (``diagnostics``) for outcome events, no
 
 from __future__ import annotations
 
+from datetime import datetime
 from enum import StrEnum
 
 
@@ -85,6 +86,9 @@ class ErsError(SagaError):
         self.code = code
         self.diagnostics = diagnostics
         self.request_id = request_id
+        # When the attempt was sent (set by the client): an unknown effect's pending mark
+        # dates from the send, not from when the silence ended.
+        self.sent_at: datetime | None = None
 
 
 class ErsTransientError(ErsError):

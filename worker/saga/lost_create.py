@@ -3,22 +3,31 @@ worklists, instead of asking a person.
 
 e-RS has no idempotency key and no lookup by our request, but its referrer worklists hold
 every referral just made: Awaiting Booking (not booked, deferred, awaiting triage) and, when
-a letter is intended, Letters Outstanding. Rules:
-1. A candidate is an item for the request's patient, created at or after the pending mark
-   (less ``clock_skew_seconds``), with the request's priority and referrer (where e-RS names
-   one and the request knows it). Each candidate is confirmed with A005: the same patient,
-   shortlist, priority and specialty.
-2. Exactly one confirmed: adopt its UBRN and version, note how, and carry on.
-3. Several: ``NeedsReconciliation`` naming the candidate UBRNs (nothing else) for a person.
-4. None: not concluded while e-RS may still be completing the request. Before the horizon
+a letter is intended, Letters Outstanding. Rules (doubt always goes to a person):
+1. A candidate is an item for the request's patient, created at or after the send (less
+   ``clock_skew_seconds``), with the request's priority and referrer (where e-RS names one
+   and the request knows it), whose UBRN no other saga of ours holds. Each is confirmed with
+   A005: the same patient, shortlist, priority and specialty, all present.
+2. Exactly one candidate, confirmed, its creation time known: adopt its UBRN and version,
+   note how, and carry on.
+3. Any other candidate set (several; one A005 does not confirm; one e-RS does not date):
+   ``NeedsReconciliation`` naming the candidate UBRNs (nothing else) for a person. A
+   referral for the patient made since the call that is not provably someone else's is
+   never ignored, since sending again could then refer twice.
+4. No candidate: not concluded while e-RS may still be completing the request. Before the horizon
    (``create_horizon_seconds`` after the send, longer than any request timeout) the saga
-   waits in a delay queue, its mark kept, and looks again. After it, the create did not
-   happen: the mark goes and the step sends it again.
-See docs/reliability.md (hazard log, H-01) for why this is safe.
+   waits in a delay queue, its mark kept, and looks again. Between the horizon and
+   ``create_window_seconds`` after the send, the create did not happen: the mark goes and
+   the step sends it again. Later than that, a referral made then could have moved on
+   (booked, triaged) and left the worklists: a person decides.
+5. An e-RS refusal while looking (a 4xx on A008 or A005) is doubt too: a person decides.
+   Transient faults wait, as anywhere.
+See docs/reliability.md (hazard log, H-01 and H-02).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from worker.fhir import build as fb
@@ -27,8 +36,23 @@ from worker.fhir.read_worklist import WorklistItem, worklist_items
 from worker.fhir.vocabulary import Endpoint, Worklist
 from worker.saga.appointment import after_appointment
 from worker.saga.context import SagaContext
-from worker.saga.errors import CreateNotYetVisible, NeedsReconciliation
+from worker.saga.errors import (
+    CreateNotYetVisible,
+    Disposition,
+    NeedsReconciliation,
+    SagaError,
+)
 from worker.saga.state import PendingWrite, Reconciliation, SagaState
+
+# Faults that only mean "look again later" (or with a fresh token); anything else is doubt.
+_PASSING = frozenset({Disposition.RETRY_NOW, Disposition.WAIT, Disposition.REAUTHENTICATE})
+
+
+@dataclass(frozen=True, slots=True)
+class _Found:
+    facts: ReferralFacts
+    confirmed: bool  # A005 shows what this request asked for
+    created_known: bool
 
 
 async def settle_lost_create(state: SagaState, ctx: SagaContext) -> tuple[SagaState, bool]:
@@ -37,34 +61,59 @@ async def settle_lost_create(state: SagaState, ctx: SagaContext) -> tuple[SagaSt
     pending = state.pending
     assert pending is not None
     endpoint = Endpoint(pending.endpoint)
-    candidates = await _candidates(ctx, pending)
-    confirmed = [f for f in [await _confirmed(ctx, state, c) for c in candidates] if f]
-    now = ctx.now()
-    if len(confirmed) > 1:
-        ubrns = ", ".join(f.ubrn for f in confirmed)
+    lost = f"{endpoint} was sent in step {pending.step.value} and its answer lost"
+    try:
+        found = await _look(state, ctx, pending)
+    except SagaError as exc:
+        if exc.disposition in _PASSING:
+            raise
         raise NeedsReconciliation(
-            f"{endpoint} was sent in step {pending.step.value} and its answer lost; e-RS "
-            f"shows {len(confirmed)} referrals that could be it ({ubrns}): a person decides "
-            "which is this request's"
+            f"{lost}; looking for it on e-RS failed ({exc.code}): a person checks"
+        ) from None
+    now = ctx.now()
+    if len(found) == 1 and found[0].confirmed and found[0].created_known:
+        return _adopt(state, endpoint, found[0].facts, now), True
+    if found:
+        # Several that fit, or one A005 does not confirm or e-RS does not date: e-RS
+        # cannot tell us, and sending again could refer twice.
+        ubrns = ", ".join(f.facts.ubrn for f in found)
+        raise NeedsReconciliation(
+            f"{lost}; e-RS shows {len(found)} referral(s) for the patient since the call "
+            f"({ubrns}) and cannot say which is this request's: a person decides"
         )
-    if confirmed:
-        return _adopt(state, endpoint, confirmed[0], now), True
-    if now < pending.at + timedelta(seconds=ctx.options.create_horizon_seconds):
+    options = ctx.options
+    if now < pending.at + timedelta(seconds=options.create_horizon_seconds):
         raise CreateNotYetVisible(
-            f"{endpoint} was sent in step {pending.step.value} and its answer lost; no "
-            "referral for it on the worklists yet: looking again after the horizon"
+            f"{lost}; no referral for it on the worklists yet: looking again after the horizon"
+        )
+    if now > pending.at + timedelta(seconds=options.create_window_seconds):
+        raise NeedsReconciliation(
+            f"{lost}; no referral for it on the worklists, but so long after the call that "
+            "one made then could have left them: a person checks"
         )
     note = Reconciliation(
         endpoint=endpoint.value,
         decision="NOT_CREATED",
-        how=f"no matching referral on the worklists {ctx.options.create_horizon_seconds:g}s "
-        "after sending: sent again",
+        how=f"no referral for the patient on the worklists {options.create_horizon_seconds:g}s "
+        "or more after sending: sent again",
         at=now,
     )
     cleared = state.model_copy(
         update={"pending": None, "reconciliations": (*state.reconciliations, note)}
     )
     return cleared, False
+
+
+async def _look(state: SagaState, ctx: SagaContext, pending: PendingWrite) -> list[_Found]:
+    found: list[_Found] = []
+    for item in await _candidates(ctx, pending):
+        if ctx.ubrn_holder is not None:
+            holder = await ctx.ubrn_holder(item.ubrn)
+            if holder is not None and holder != state.request_id:
+                continue  # another request's referral, made by another saga of ours
+        facts, confirmed = await _confirmed(ctx, state, item.ubrn)
+        found.append(_Found(facts, confirmed, created_known=item.created is not None))
+    return found
 
 
 def _lists(ctx: SagaContext) -> list[Worklist]:
@@ -75,14 +124,14 @@ def _lists(ctx: SagaContext) -> list[Worklist]:
     return [Worklist.AWAITING_BOOKING]
 
 
-async def _candidates(ctx: SagaContext, pending: PendingWrite) -> list[str]:
-    seen: dict[str, None] = {}  # in worklist order, each UBRN once
+async def _candidates(ctx: SagaContext, pending: PendingWrite) -> list[WorklistItem]:
+    seen: dict[str, WorklistItem] = {}  # in worklist order, each UBRN once
     for worklist in _lists(ctx):
         reply = await ctx.ers.retrieve_worklist(fb.fetch_worklist(worklist.value))
         for item in worklist_items(reply.body):
             if _may_be_ours(ctx, pending, item):
-                seen.setdefault(item.ubrn, None)
-    return list(seen)
+                seen.setdefault(item.ubrn, item)
+    return list(seen.values())
 
 
 def _may_be_ours(ctx: SagaContext, pending: PendingWrite, item: WorklistItem) -> bool:
@@ -98,20 +147,19 @@ def _may_be_ours(ctx: SagaContext, pending: PendingWrite, item: WorklistItem) ->
     return item.referrer is None or referrer is None or item.referrer == referrer
 
 
-async def _confirmed(ctx: SagaContext, state: SagaState, ubrn: str) -> ReferralFacts | None:
-    """A005: the candidate, if it is what this request asked for."""
+async def _confirmed(ctx: SagaContext, state: SagaState, ubrn: str) -> tuple[ReferralFacts, bool]:
+    """A005: the candidate, and whether it is what this request asked for (every fact
+    present and the same)."""
     reply = await ctx.ers.retrieve_referral(ubrn)
     facts = referral_facts(reply.body, reply.etag)
     req = ctx.request
-    if facts.nhs_number != req.patient.nhs_number:
-        return None
-    if set(facts.service_ids) != {s.service_id for s in state.shortlist}:
-        return None
-    if facts.priority not in (None, req.search.priority.value):
-        return None
-    if facts.specialty not in (None, req.search.specialty):
-        return None
-    return facts
+    confirmed = (
+        facts.nhs_number == req.patient.nhs_number
+        and set(facts.service_ids) == {s.service_id for s in state.shortlist}
+        and facts.priority == req.search.priority.value
+        and facts.specialty == req.search.specialty
+    )
+    return facts, confirmed
 
 
 def _adopt(state: SagaState, endpoint: Endpoint, facts: ReferralFacts, now: datetime) -> SagaState:
@@ -121,7 +169,8 @@ def _adopt(state: SagaState, endpoint: Endpoint, facts: ReferralFacts, now: date
         decision="ADOPTED",
         ubrns=(facts.ubrn,),
         how="the only referral on the worklists for this patient, referrer and priority "
-        "since the call, confirmed by A005 (patient, shortlist, priority, specialty)",
+        "since the call, held by no other request, confirmed by A005 (patient, shortlist, "
+        "priority, specialty)",
         at=now,
     )
     adopted = state.model_copy(

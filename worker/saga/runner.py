@@ -130,7 +130,7 @@ async def _settle(
             return await _guarded(_check_then_move_on, state, ctx, step)
         return await _guarded(refresh_version, state, ctx, step)
     if disposition is Disposition.RECONCILE and isinstance(exc, ErsError):
-        pending = PendingWrite(step=step, endpoint=exc.endpoint, at=ctx.now())
+        pending = PendingWrite(step=step, endpoint=exc.endpoint, at=exc.sent_at or ctx.now())
         if unknowns > MAX_UNKNOWN_EFFECTS:
             # Keep the mark (the next run reconciles first) and wait out the fault; waiting
             # is worth it, so a spent budget parks it for a person.

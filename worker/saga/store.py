@@ -92,12 +92,17 @@ class SagaStore(Protocol):
 
     async def release_all_leases(self) -> int: ...
 
-    async def release_leases_of(self, owner: str) -> int:
-        """Free the sagas ``owner`` held: called by a replica with a stable name when it
-        starts, since the process that held them under that name is dead."""
+    async def release_leases_of(self, replica: str) -> int:
+        """Free the sagas held by any process of ``replica`` (owners ``<replica>/<nonce>``):
+        called by a replica with a stable name when it starts, since the process that held
+        them under that name is dead."""
         ...
 
     async def load(self, request_id: str) -> StoredSaga | None: ...
+
+    async def ubrn_holder(self, ubrn: str) -> str | None:
+        """The request id of the saga whose state holds this UBRN, if any."""
+        ...
 
     async def ping(self) -> None:
         """Raise if the store cannot be reached."""

@@ -222,9 +222,11 @@ class PostgresSagaStore:
             owner,
         )
 
-    async def release_leases_of(self, owner: str) -> int:
+    async def release_leases_of(self, replica: str) -> int:
         result = await self._pool.execute(
-            "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner = $1", owner
+            "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE left(owner, $1) = $2",
+            len(replica) + 1,
+            replica + "/",
         )
         return int(result.rsplit(" ", 1)[-1])
 
@@ -233,6 +235,13 @@ class PostgresSagaStore:
             "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL"
         )
         return int(result.rsplit(" ", 1)[-1])
+
+    async def ubrn_holder(self, ubrn: str) -> str | None:
+        # A scan, but only when a create's answer was lost: rare.
+        holder = await self._pool.fetchval(
+            "SELECT request_id FROM ers_sagas WHERE state->>'ubrn' = $1 LIMIT 1", ubrn
+        )
+        return str(holder) if holder is not None else None
 
     async def load(self, request_id: str) -> StoredSaga | None:
         row = await self._pool.fetchrow(

@@ -239,10 +239,12 @@ class SqliteSagaStore:
             (now + lease_seconds, request_id, owner),
         )
 
-    async def release_leases_of(self, owner: str) -> int:
+    async def release_leases_of(self, replica: str) -> int:
         async with self._lock:
             cursor = await self._db.execute(
-                "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner = ?", (owner,)
+                "UPDATE ers_sagas SET owner = NULL, lease_until = NULL "
+                "WHERE substr(owner, 1, ?) = ?",
+                (len(replica) + 1, replica + "/"),
             )
         return cursor.rowcount
 
@@ -252,6 +254,18 @@ class SqliteSagaStore:
                 "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL"
             )
         return cursor.rowcount
+
+    async def ubrn_holder(self, ubrn: str) -> str | None:
+        # A scan, but only when a create's answer was lost: rare, and the table is local.
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT request_id FROM ers_sagas WHERE json_extract(state, '$.ubrn') = ? LIMIT 1",
+                (ubrn,),
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return str(row[0]) if row else None
 
     async def load(self, request_id: str) -> StoredSaga | None:
         async with self._lock, self._db.execute(_SELECT, (request_id,)) as cursor:

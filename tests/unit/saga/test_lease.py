@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from worker.saga.lease import _beat, heartbeat
 from worker.saga.store import LeaseLost
 
@@ -51,3 +53,31 @@ async def test_a_lost_lease_stops_the_heartbeat() -> None:
     await asyncio.wait_for(_beat(store, "req-1", "replica-a", LEASE, lambda: 100.0), timeout=5)  # type: ignore[arg-type]
 
     assert store.attempts == 2 and len(store.renewals) == 1
+
+
+async def test_a_lost_lease_cancels_the_run() -> None:
+    # Another replica may take the saga over now: a call still in flight must not go on.
+    store = RenewingStore(lose_after=0)
+
+    with pytest.raises(asyncio.CancelledError):
+        async with heartbeat(store, "req-1", "replica-a", LEASE, lambda: 100.0):  # type: ignore[arg-type]
+            await asyncio.wait_for(asyncio.Event().wait(), timeout=5)  # the saga, running
+
+    assert store.attempts == 1
+
+
+class FailingStore(RenewingStore):
+    async def renew(self, request_id: str, owner: str, lease_seconds: float, now: float) -> None:
+        self.attempts += 1
+        raise ConnectionError("the store is down")
+
+
+async def test_a_lease_that_cannot_be_renewed_for_a_whole_lease_cancels_the_run() -> None:
+    store = FailingStore()
+    clock = iter(float(t) for t in range(100, 10_000))  # each reading a second later
+
+    with pytest.raises(asyncio.CancelledError):
+        async with heartbeat(store, "req-1", "replica-a", 1.0, lambda: next(clock)):  # type: ignore[arg-type]
+            await asyncio.wait_for(asyncio.Event().wait(), timeout=5)
+
+    assert store.attempts >= 1

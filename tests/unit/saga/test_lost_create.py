@@ -4,6 +4,7 @@ after the horizon when none does, and sent again only then."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,12 @@ from schemas.events import Step
 from tests.unit.fakes import NOW, FakeErs, dbs_service, make_context, ok, saga_state, sample_request
 from worker.fhir.build import ERS_SERVICE
 from worker.saga.context import SagaOptions
-from worker.saga.errors import CreateNotYetVisible, NeedsReconciliation
+from worker.saga.errors import (
+    CreateNotYetVisible,
+    ErsRejected,
+    ErsTransientError,
+    NeedsReconciliation,
+)
 from worker.saga.recovery import reconcile
 from worker.saga.state import PendingWrite, SagaState
 
@@ -202,13 +208,16 @@ async def test_an_item_within_the_clock_skew_still_counts() -> None:
         {"patient": "9990010013"},
     ],
 )
-async def test_a_candidate_a005_does_not_confirm_is_not_adopted(other: dict[str, Any]) -> None:
+async def test_a_candidate_a005_does_not_confirm_is_neither_adopted_nor_ignored(
+    other: dict[str, Any],
+) -> None:
+    # Not provably ours, not provably another's: sending again could refer twice.
     ers = FakeErs()
     worklists(ers, item("000000100007"))
     ers.script("A005", ok(referral("000000100007", **other)))
 
-    with pytest.raises(CreateNotYetVisible):
-        await reconcile(lost(), context(ers))
+    with pytest.raises(NeedsReconciliation, match="000000100007"):
+        await reconcile(lost(), context(ers, now=NOW + timedelta(seconds=HORIZON)))
 
 
 async def test_several_that_fit_ask_a_person_naming_only_their_ubrns() -> None:
@@ -267,3 +276,85 @@ async def test_a_lost_a021_adopts_the_triage_appointment_too() -> None:
     assert done
     assert adopted.booking_done and adopted.referral_state == "AWAITING_TRIAGE"
     assert adopted.referral_version == "2"
+
+
+# --- doubt goes to a person (review fixes) ----------------------------------------------------
+
+
+async def test_a_candidate_whose_creation_time_e_rs_does_not_give_asks_a_person() -> None:
+    undated = item("000000100007")
+    parts = undated["extension"][0]["extension"]
+    undated["extension"][0]["extension"] = [p for p in parts if p["url"] != "referralCreated"]
+    ers = FakeErs()
+    worklists(ers, undated)
+    ers.script("A005", ok(referral("000000100007")))
+
+    with pytest.raises(NeedsReconciliation, match="000000100007"):
+        await reconcile(lost(), context(ers))
+
+
+async def test_a_referral_another_request_holds_is_never_adopted() -> None:
+    ers = FakeErs()
+    worklists(ers, item("000000100007"))
+
+    async def holder(ubrn: str) -> str | None:
+        return "another-request" if ubrn == "000000100007" else None
+
+    ctx = dataclasses.replace(context(ers), ubrn_holder=holder)
+
+    with pytest.raises(CreateNotYetVisible):  # not ours: as if nothing were there
+        await reconcile(lost(), ctx)
+    assert "A005" not in ers.endpoints()
+
+
+async def test_none_long_after_the_call_asks_a_person_rather_than_send_again() -> None:
+    ers = FakeErs()
+    worklists(ers)
+    later = NOW + timedelta(seconds=SagaOptions(specialty_cs="x").create_window_seconds + 1)
+
+    with pytest.raises(NeedsReconciliation, match="so long after"):
+        await reconcile(lost(), context(ers, now=later))
+
+
+async def test_a_refusal_while_looking_asks_a_person() -> None:
+    ers = FakeErs()
+    ers.script("A008", ErsRejected("A008", 403, "FORBIDDEN"))
+
+    with pytest.raises(NeedsReconciliation, match="FORBIDDEN"):
+        await reconcile(lost(), context(ers))
+
+
+async def test_a_transient_fault_while_looking_only_waits() -> None:
+    ers = FakeErs()
+    ers.script("A008", ErsTransientError("A008", 503, "SERVICE_UNAVAILABLE"))
+
+    with pytest.raises(ErsTransientError):
+        await reconcile(lost(), context(ers))
+
+
+async def test_an_a005_without_the_priority_does_not_confirm() -> None:
+    ers = FakeErs()
+    worklists(ers, item("000000100007"))
+    body = referral("000000100007")
+    body["contained"] = [c for c in body["contained"] if c["resourceType"] != "Parameters"]
+    ers.script("A005", ok(body))
+
+    with pytest.raises(NeedsReconciliation, match="000000100007"):
+        await reconcile(lost(), context(ers))
+
+
+async def test_an_unbooked_referral_is_confirmed_by_the_specialty_it_was_made_with() -> None:
+    # e-RS shows the top-level specialty only once there is an appointment: before that,
+    # the search criteria the referral was made with say it.
+    ers = FakeErs()
+    worklists(ers, item("000000100007"))
+    body = referral("000000100007")
+    del body["specialty"]
+    body["contained"][0]["parameter"].append(
+        {"name": "specialty", "valueCoding": {"code": "CARDIOLOGY"}}
+    )
+    ers.script("A005", ok(body))
+
+    state, done = await reconcile(lost(), context(ers))
+
+    assert done and state.ubrn == "000000100007"

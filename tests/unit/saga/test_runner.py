@@ -4,6 +4,7 @@ checkpoints) and what it tells its observer."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -663,3 +664,17 @@ async def test_an_unreadable_reply_is_an_internal_error() -> None:
     assert state.status is OutcomeStatus.FAILED
     assert state.error is not None and state.error.code == "INTERNAL_ERROR"
     assert [r.endpoint for r in state.history] == ["A015", "A016"]
+
+
+async def test_an_unknown_effect_is_marked_from_when_it_was_sent() -> None:
+    # The silence ended later (a 30 s timeout, say); the lost create is looked for from the
+    # send, so a referral e-RS made meanwhile is inside the window.
+    unknown = ErsOutcomeUnknown("A011", None, "TIMEOUT")
+    unknown.sent_at = NOW - timedelta(seconds=30)
+    ers = happy_dbs(FakeErs()).script("A011", unknown)
+    ers.script("A008", ok(worklist()), ok(worklist()))
+    run = Run(ers)
+
+    state = await run()
+
+    assert state.pending == PendingWrite(step=Step.CREATE, endpoint="A011", at=unknown.sent_at)
