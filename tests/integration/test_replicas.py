@@ -76,6 +76,38 @@ async def test_two_replicas_one_dies_everything_completes_once(
     reliability.duplicates += duplicates
 
 
+async def kill_then_recover(
+    harness: Harness,
+    settings: Settings,
+    reliability: ReliabilityFigures,
+    doomed_env: dict[str, str],
+    successor_env: dict[str, str],
+) -> tuple[float, str]:
+    """One request; its replica SIGKILLed after SEARCH; a successor finishes it. Returns
+    the seconds from the kill to the outcome, and the successor's log."""
+    await harness.worker.stop(grace_seconds=1)
+    (request,) = mixed_batch(1, ["01-dbs-booked.json"])
+    doomed = await WorkerProcess.start(settings, **doomed_env, **{ENV: "after_checkpoint:SEARCH"})
+    try:
+        cid = await harness.publish(request)
+        assert await doomed.killed(timeout=60) == -9
+    finally:
+        await doomed.kill()
+    killed_at = time.monotonic()
+    successor = await WorkerProcess.start(settings, **successor_env)
+    try:
+        await harness.wait_until(lambda: bool(harness.outcomes(cid)), timeout=60)
+        took = time.monotonic() - killed_at
+    finally:
+        code, log = await successor.stop()
+    assert code == 0, log[-2000:]
+    assert harness.outcomes(cid)[0]["status"] == "COMPLETED"
+    reliability.requests += 1
+    reliability.kills += 1
+    reliability.restarts += 1
+    return took, log
+
+
 @pytest.mark.worker_settings(retry_delays_seconds="10,60,600,3600")
 async def test_a_killed_replicas_saga_completes_within_lease_plus_15_seconds(
     harness: Harness, postgres_settings: Settings, reliability: ReliabilityFigures
@@ -83,55 +115,19 @@ async def test_a_killed_replicas_saga_completes_within_lease_plus_15_seconds(
     # The default lease and delay tiers; the survivor has a name of its own, so it must wait
     # out the dead replica's lease, polling at the first tier rather than climbing the tiers.
     settings = postgres_settings.model_copy(update={"saga_lease_seconds": 30.0})
-    await harness.worker.stop(grace_seconds=1)
-    (request,) = mixed_batch(1, ["01-dbs-booked.json"])
-    doomed = await WorkerProcess.start(settings, **{ENV: "after_checkpoint:SEARCH"})
-    try:
-        cid = await harness.publish(request)
-        assert await doomed.killed(timeout=60) == -9
-    finally:
-        await doomed.kill()
-    killed_at = time.monotonic()
-    survivor = await WorkerProcess.start(settings)
-    try:
-        await harness.wait_until(lambda: bool(harness.outcomes(cid)), timeout=60)
-        took = time.monotonic() - killed_at
-    finally:
-        code, log = await survivor.stop()
-    assert code == 0, log[-2000:]
 
-    assert harness.outcomes(cid)[0]["status"] == "COMPLETED"
+    took, _ = await kill_then_recover(harness, settings, reliability, {}, {})
+
     assert took <= settings.saga_lease_seconds + 15, took
-    reliability.requests += 1
-    reliability.kills += 1
-    reliability.restarts += 1
 
 
 async def test_a_restarted_replica_with_a_stable_name_takes_its_saga_back_at_once(
     harness: Harness, postgres_settings: Settings, reliability: ReliabilityFigures
 ) -> None:
     settings = postgres_settings.model_copy(update={"saga_lease_seconds": 30.0})
-    await harness.worker.stop(grace_seconds=1)
-    (request,) = mixed_batch(1, ["01-dbs-booked.json"])
     name = {"REPLICA_NAME": "ers-worker-0"}
-    doomed = await WorkerProcess.start(settings, **name, **{ENV: "after_checkpoint:SEARCH"})
-    try:
-        cid = await harness.publish(request)
-        assert await doomed.killed(timeout=60) == -9
-    finally:
-        await doomed.kill()
-    killed_at = time.monotonic()
-    restarted = await WorkerProcess.start(settings, **name)
-    try:
-        await harness.wait_until(lambda: bool(harness.outcomes(cid)), timeout=60)
-        took = time.monotonic() - killed_at
-    finally:
-        code, log = await restarted.stop()
-    assert code == 0, log[-2000:]
 
-    assert harness.outcomes(cid)[0]["status"] == "COMPLETED"
+    took, log = await kill_then_recover(harness, settings, reliability, name, name)
+
     assert took < settings.saga_lease_seconds / 2, took  # not waiting out its own lease
     assert "released leases of a previous run" in log
-    reliability.requests += 1
-    reliability.kills += 1
-    reliability.restarts += 1
