@@ -22,12 +22,21 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="e-RS base URL to report, when clients reach the sandbox through a proxy",
     )
+    parser.add_argument(
+        "--rate-limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="enforce an application-wide limit of N requests in any second, answering 429 "
+        "with Retry-After beyond it, as e-RS does (default: no limit)",
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 
 async def _serve(args: argparse.Namespace) -> None:
-    runner = web.AppRunner(create_app(public_base_url=args.public_base_url), access_log=None)
+    app = create_app(public_base_url=args.public_base_url, rate_limit=args.rate_limit)
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)
     await site.start()

@@ -189,6 +189,23 @@ async def clear_faults(request: web.Request) -> web.Response:
     return json_response({"status": "cleared"})
 
 
+async def get_budget(request: web.Request) -> web.Response:
+    budget = state(request).budget
+    return json_response({"per_second": budget.per_second, "refused": budget.refused})
+
+
+async def put_budget(request: web.Request) -> web.Response:
+    """The application-wide rate limit: {"per_second": N} (beyond it, 429), or null: off."""
+    raw = await request.json()
+    per_second = raw.get("per_second") if isinstance(raw, dict) else None
+    if per_second is not None and (
+        isinstance(per_second, bool) or not isinstance(per_second, int) or per_second < 1
+    ):
+        return _error(400, "per_second must be a positive integer or null")
+    state(request).budget.set(per_second)
+    return await get_budget(request)
+
+
 def add_admin_routes(app: web.Application) -> None:
     router = app.router
     router.add_get(f"{ADMIN_PATH}/health", health)
@@ -202,3 +219,5 @@ def add_admin_routes(app: web.Application) -> None:
     router.add_post(f"{ADMIN_PATH}/faults", add_fault)
     router.add_get(f"{ADMIN_PATH}/faults", list_faults)
     router.add_delete(f"{ADMIN_PATH}/faults", clear_faults)
+    router.add_get(f"{ADMIN_PATH}/budget", get_budget)
+    router.add_put(f"{ADMIN_PATH}/budget", put_budget)

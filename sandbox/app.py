@@ -102,6 +102,14 @@ async def _answer(
     if endpoint is None:
         return await handler(request)
     check_headers(endpoint, request)
+    wait = state(request).budget.admit()
+    if wait is not None:
+        raise ErsError(
+            429,
+            "TOO_MANY_REQUESTS",
+            "The application's rate limit has been exceeded.",
+            headers={"Retry-After": str(wait)},
+        )
     fault = state(request).faults.take(endpoint.id)
     if fault is not None and fault.delay_seconds > 0:
         await asyncio.sleep(fault.delay_seconds)
@@ -201,12 +209,15 @@ def _log_call(
 
 
 def create_app(
-    *, public_base_url: str | None = None, clock: Callable[[], datetime] = utc_now
+    *,
+    public_base_url: str | None = None,
+    clock: Callable[[], datetime] = utc_now,
+    rate_limit: int | None = None,
 ) -> web.Application:
     """The sandbox application. `public_base_url` pins the e-RS base URL the sandbox reports
     (and expects in SPECIALTY codings); by default it follows each request's Host."""
     app = web.Application(middlewares=[ers_middleware], client_max_size=CLIENT_MAX_SIZE)
-    app[SANDBOX] = Sandbox(SandboxState(clock), public_base_url)
+    app[SANDBOX] = Sandbox(SandboxState(clock, rate_limit), public_base_url)
     for method, path, handler, _ in ROUTES:
         app.router.add_route(method, BASE_PATH + path, handler)
     admin.add_admin_routes(app)

@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from sandbox.budget import Budget
 from sandbox.catalogue import Catalogue, Slot, load_catalogue, seed_slots, slot_id
 from sandbox.faults import FaultQueue
 from sandbox.fhir import BASE_URL_PLACEHOLDER, PRIORITY_SYSTEM, Json, specialty_system
@@ -155,11 +156,15 @@ def seed_search_criteria(
 
 
 class SandboxState:
-    def __init__(self, clock: Callable[[], datetime] = utc_now) -> None:
+    def __init__(
+        self, clock: Callable[[], datetime] = utc_now, rate_limit: int | None = None
+    ) -> None:
         self.clock = clock
+        self.rate_limit = rate_limit  # the budget a reset returns to
         self.catalogue: Catalogue = load_catalogue()
         self._seed = _load_seed()
         self.faults = FaultQueue()
+        self.budget = Budget(rate_limit)
         self.slots: dict[str, list[Slot]] = {}
         self.slot_index: dict[str, Slot] = {}
         self.referrals: dict[str, Referral] = {}
@@ -175,6 +180,7 @@ class SandboxState:
     def reset(self) -> None:
         now = self.clock()
         self.faults.clear()
+        self.budget.set(self.rate_limit)
         self.referrals.clear()
         self.binaries.clear()
         self.appointments.clear()

@@ -185,3 +185,12 @@ class SandboxAdmin:
 
     async def clear_faults(self) -> None:
         await self._json("DELETE", "/faults")
+
+    async def set_budget(self, per_second: int | None) -> dict[str, Any]:
+        """The application-wide rate limit the sandbox enforces (None: off)."""
+        budget: dict[str, Any] = await self._json("PUT", "/budget", {"per_second": per_second})
+        return budget
+
+    async def budget(self) -> dict[str, Any]:
+        found: dict[str, Any] = await self._json("GET", "/budget")
+        return found
