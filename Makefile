@@ -52,6 +52,8 @@ worker: $(STAMP) ## the production entry point, configured from the environment
 
 bench: $(STAMP) ## throughput and CPU per request through RabbitMQ and the sandbox
 	$(BIN)/python -m bench.throughput --requests 200 --concurrency 50
+	@echo "--- one patient (its sagas run one at a time): a figure of its own"
+	$(BIN)/python -m bench.throughput --requests 50 --concurrency 50 --same-patient
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache build/coverage letters

@@ -1,6 +1,7 @@
 """Throughput and cost of the worker: N referral requests through RabbitMQ and the sandbox.
 
     python -m bench.throughput [--requests 200] [--concurrency 50] [--path dbs|ibs]
+                               [--same-patient]
 
 The sandbox runs in its own process so the CPU figures are the worker's alone (plus the
 requester publishing and reading outcomes in the same process, which is small). e-RS' rate
@@ -31,6 +32,7 @@ from worker.messaging.consumer import Worker
 from worker.messaging.publish import publish_request
 from worker.messaging.topology import Names, remove
 from worker.ops.app import request_handler
+from worker.ops.samples import nhs_numbers
 from worker.ops.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +75,9 @@ async def give_slots(root: str, count: int) -> None:
         (await client.put(f"{root}/_sandbox/slots/11002", json={"slots": slots})).raise_for_status()
 
 
-async def run(requests: int, concurrency: int, path: str, amqp_url: str) -> dict[str, Any]:
+async def run(
+    requests: int, concurrency: int, path: str, amqp_url: str, *, same_patient: bool = False
+) -> dict[str, Any]:
     port = free_port()
     sandbox = await start_sandbox(port)
     root = f"http://127.0.0.1:{port}"
@@ -97,7 +101,9 @@ async def run(requests: int, concurrency: int, path: str, amqp_url: str) -> dict
                 worker = Worker(settings, handler)
                 await worker.start()
                 try:
-                    return await drive(amqp_url, Names(prefix), template, requests, concurrency)
+                    figures = await drive(amqp_url, Names(prefix), template, requests, same_patient)
+                    patients = "one" if same_patient else "distinct"
+                    return {"patients": patients, "concurrency": concurrency, **figures}
                 finally:
                     await worker.stop(grace_seconds=10)
                     await remove(amqp_url, Names(prefix), delays=settings.retry_delays)
@@ -107,15 +113,26 @@ async def run(requests: int, concurrency: int, path: str, amqp_url: str) -> dict
 
 
 async def drive(
-    amqp_url: str, names: Names, template: dict[str, Any], requests: int, concurrency: int
+    amqp_url: str, names: Names, template: dict[str, Any], requests: int, same_patient: bool
 ) -> dict[str, Any]:
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel(publisher_confirms=True)
         replies = await channel.declare_queue(exclusive=True, auto_delete=True)
         exchange = await channel.get_exchange(names.requests_exchange)
+        # Distinct patients by default: the worker runs one saga per patient at a time, so
+        # requests for one patient measure that rule, not the worker (--same-patient does).
+        patients = [template["patient"]["nhs_number"]] * requests
+        if not same_patient:
+            patients = nhs_numbers(requests)
         bodies = [
-            orjson.dumps({**template, "request_id": f"bench-{i}-{uuid.uuid4().hex[:6]}"})
+            orjson.dumps(
+                {
+                    **template,
+                    "request_id": f"bench-{i}-{uuid.uuid4().hex[:6]}",
+                    "patient": {"nhs_number": patients[i]},
+                }
+            )
             for i in range(requests)
         ]
         cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -138,7 +155,6 @@ async def drive(
         cpu = time.process_time() - cpu0
     return {
         "requests": requests,
-        "concurrency": concurrency,
         "outcomes": statuses,
         "wall_s": round(wall, 2),
         "throughput_per_s": round(requests / wall, 1),
@@ -152,9 +168,16 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=200)
     parser.add_argument("--concurrency", type=int, default=50)
     parser.add_argument("--path", choices=sorted(SAMPLE), default="dbs")
+    parser.add_argument(
+        "--same-patient",
+        action="store_true",
+        help="every request for one patient (sagas then run one at a time): its own figure",
+    )
     args = parser.parse_args()
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    figures = asyncio.run(run(args.requests, args.concurrency, args.path, amqp_url))
+    figures = asyncio.run(
+        run(args.requests, args.concurrency, args.path, amqp_url, same_patient=args.same_patient)
+    )
     for key, value in figures.items():
         print(f"{key:28} {value}")
     return 0
