@@ -61,7 +61,7 @@ class Reconciliation(BaseModel):
     model_config = ConfigDict(frozen=True)
 
     endpoint: str
-    decision: str  # ADOPTED, NOT_CREATED, LOOK_AGAIN, AMBIGUOUS
+    decision: str  # ADOPTED (its UBRN taken on) or NOT_CREATED (the call sent again)
     ubrns: tuple[str, ...] = ()
     how: str
     at: datetime
