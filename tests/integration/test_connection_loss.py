@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 import aio_pika
 import pytest
 
+from schemas.referral_request import Priority
 from tests.broker import drop_connections
 from tests.conftest import ReliabilityFigures
-from tests.harness import Harness, mixed_batch
+from tests.harness import Harness, mixed_batch, sample
 from worker.messaging.topology import Names
 from worker.ops.settings import Settings
 
@@ -82,11 +83,17 @@ async def test_a_consumer_lost_across_a_reconnect_is_restored(harness: Harness) 
     # The known failure of robust connections: the connection comes back, the consumer does
     # not. Simulated by cancelling ours before the broker drops the connection.
     worker = harness.worker
-    await worker.topology.requests.cancel(worker._consumer_tag)  # type: ignore[arg-type]
+    name = "03-ibs-shortlisted.json"
+    queues = [
+        worker.topology.requests,
+        worker.topology.work[Priority(sample(name)["search"]["priority"])],
+    ]
+    for queue in queues:  # the intake queue's sorter and the sample's work queue
+        await queue.cancel(worker._consumer_tags[queue.name])
     assert await drop_connections("ers-worker") == 1
     await harness.wait_until(lambda: worker.reconnects >= 1 and not worker._checks, timeout=60)
 
-    cid = await harness.publish(mixed_batch(1, ["03-ibs-shortlisted.json"])[0])
+    cid = await harness.publish(mixed_batch(1, [name])[0])
     outcome = await harness.outcome(cid)
 
     assert outcome["status"] == "COMPLETED"

@@ -1,8 +1,8 @@
 """The e-RS FHIR STU3 client: HTTP, headers, rate limit and in-process retries.
 
-``ErsClient`` is shared by the process (one connection pool, one rate limiter, since e-RS
-limits requests per application); ``ErsClient.session`` binds it to one saga's user, token
-and correlation id, and implements ``worker.ports.ErsPort``.
+``ErsClient`` is shared by the process (one connection pool, one ``CallBudget``, since e-RS
+limits requests per application); ``ErsClient.session`` binds it to one saga's user, token,
+correlation id and clinical priority, and implements ``worker.ports.ErsPort``.
 
 Retries (tenacity) only repeat what is safe: answers ``ers_classify`` calls transient.
 State-changing calls whose effect is unknown raise ``ErsOutcomeUnknown`` and are not repeated.
@@ -19,7 +19,6 @@ from typing import Any
 
 import httpx
 import orjson
-from aiolimiter import AsyncLimiter
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
@@ -29,7 +28,8 @@ from tenacity import (
 )
 from tenacity.stop import stop_base
 
-from schemas.referral_request import ActingUser
+from schemas.referral_request import ActingUser, Priority
+from worker.ers.budget import CallBudget
 from worker.ers.classify import classify_status, classify_transport
 from worker.ers.request import Caller, ErsRequest
 from worker.ers.session import ErsSession
@@ -71,7 +71,7 @@ class ErsClient:
         http: httpx.AsyncClient,
         *,
         base_url: str,
-        rate_limit_per_second: float,
+        budget: CallBudget,
         retry: RetryPolicy,
         booking_timeout_seconds: float,
         metrics: Metrics,
@@ -81,7 +81,7 @@ class ErsClient:
         self._metrics = metrics
         self._http = http
         self._base = base_url.rstrip("/")
-        self._limiter = AsyncLimiter(rate_limit_per_second, 1.0)
+        self._budget = budget
         self._booking_timeout = booking_timeout_seconds
         # Built once; each call runs on a copy, since a Retrying object holds per-run state.
         self._retrying = AsyncRetrying(
@@ -106,9 +106,13 @@ class ErsClient:
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: NotTaken | None = None,
+        priority: Priority = Priority.ROUTINE,
+        turn: float | None = None,
     ) -> ErsSession:
         """The ``ErsPort`` of one saga run (``worker.saga.ports.ErsSessions``)."""
-        return ErsSession(self, user, token, correlation_id, now, before_write, not_taken)
+        return ErsSession(
+            self, user, token, correlation_id, now, before_write, not_taken, priority, turn
+        )
 
     async def call(self, request: ErsRequest, caller: Caller) -> ErsReply:
         """Send one call, retrying what is safe; raise the error its answer stands for."""
@@ -148,23 +152,25 @@ class ErsClient:
     async def _send(self, request: ErsRequest, headers: dict[str, str], caller: Caller) -> ErsReply:
         endpoint = request.endpoint
         timeout = self._booking_timeout if request.long_running else httpx.USE_CLIENT_DEFAULT
-        async with self._limiter:
-            started = time.perf_counter()
-            at = caller.now()
-            try:
-                response = await self._http.request(
-                    request.method,
-                    f"{self._base}/STU3/{request.path}",
-                    content=request.body,
-                    headers=headers,
-                    params=request.params,
-                    timeout=timeout,
-                )
-            except httpx.TransportError as exc:
-                error = classify_transport(endpoint, exc)
-                error.sent_at = at
-                self._record(caller, endpoint, None, at, started, None, error.code)
-                raise error from None
+        await self._budget.permit(
+            caller.priority, caller.turn if caller.turn is not None else time.time()
+        )
+        started = time.perf_counter()
+        at = caller.now()
+        try:
+            response = await self._http.request(
+                request.method,
+                f"{self._base}/STU3/{request.path}",
+                content=request.body,
+                headers=headers,
+                params=request.params,
+                timeout=timeout,
+            )
+        except httpx.TransportError as exc:
+            error = classify_transport(endpoint, exc)
+            error.sent_at = at
+            self._record(caller, endpoint, None, at, started, None, error.code)
+            raise error from None
         self._failpoints.hit(f"after_send:{endpoint.value}")
         request_id = response.headers.get("X-Request-ID")
         if response.is_success:
@@ -199,6 +205,10 @@ class ErsClient:
         )
         error.sent_at = at
         self._record(caller, endpoint, response.status_code, at, started, request_id, error.code)
+        if isinstance(error, ErsRateLimited):
+            # The budget is spent (or set too high): every replica holds off as long as e-RS
+            # asks, not only us. Without a Retry-After this call backs off on its own.
+            await self._budget.rate_limited(error.retry_after)
         raise error
 
     def _record(

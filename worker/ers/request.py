@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
 
+from schemas.referral_request import Priority
 from worker.fhir.vocabulary import Endpoint
 from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply, NotTaken
 
@@ -30,13 +31,15 @@ class ErsRequest:
 
 @dataclass(slots=True)
 class Caller:
-    """Who a call is made for: one saga's token and clock, its write-ahead hook, and the
-    list its call history goes to."""
+    """Who a call is made for: one saga's token and clock, its write-ahead hook, its place in
+    the queue for the e-RS budget, and the list its call history goes to."""
 
     token: AccessToken
     now: Callable[[], datetime]
     before_write: BeforeWrite | None = None
     not_taken: NotTaken | None = None
+    priority: Priority = Priority.ROUTINE
+    turn: float | None = None  # ``worker.saga.priority.turn``; None: the time of each call
     calls: list[ErsCall] = field(default_factory=list)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from schemas.referral_request import ActingUser
+from schemas.referral_request import ActingUser, Priority
 from worker.ers.request import FHIR_JSON, Caller, ErsRequest, Sender
 from worker.fhir.vocabulary import Endpoint
 from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply, NotTaken
@@ -29,9 +29,18 @@ class ErsSession:
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: NotTaken | None = None,
+        priority: Priority = Priority.ROUTINE,
+        turn: float | None = None,
     ) -> None:
         self._client = client
-        self._caller = Caller(token=token, now=now, before_write=before_write, not_taken=not_taken)
+        self._caller = Caller(
+            token=token,
+            now=now,
+            before_write=before_write,
+            not_taken=not_taken,
+            priority=priority,
+            turn=turn,
+        )
         self._headers = {
             "NHSD-End-User-Organisation-ODS": user.ods_code,
             "NHSD-eRS-Business-Function": user.business_function.value,

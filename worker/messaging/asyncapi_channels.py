@@ -13,6 +13,7 @@ from worker.messaging.headers import (
     LETTER_READY_ROUTING_KEY,
     OUTCOME_ROUTING_PREFIX,
     REQUEST_ROUTING_KEY,
+    work_routing_key,
 )
 from worker.messaging.topology import (
     DEAD_LETTER_QUEUE_ARGUMENTS,
@@ -20,6 +21,7 @@ from worker.messaging.topology import (
     delay_queue_arguments,
     requests_queue_arguments,
 )
+from worker.saga.priority import MOST_URGENT_FIRST
 
 
 def messages(names: Names) -> dict[str, Any]:
@@ -163,6 +165,9 @@ def channels(names: Names, delivery_limit: int, delays: tuple[float, ...]) -> di
     statuses = [s.value.lower() for s in OutcomeStatus]
     delay_names = [f"{d:g}" for d in delays]
     delay_channel = f"{names.prefix}.delay.{{seconds}}s"
+    work_channel = f"{names.requests_queue}.{{priority}}"
+    prefix_length = len(names.requests_queue) + 1
+    work_names = [names.work_queue(p)[prefix_length:] for p in MOST_URGENT_FIRST]
     return {
         REQUEST_ROUTING_KEY: {
             "description": f"Referral requests in: publish to exchange "
@@ -228,6 +233,30 @@ def channels(names: Names, delivery_limit: int, delays: tuple[float, ...]) -> di
                 **_publishes("LetterReadyEvent"),
             },
             "bindings": _routing_key_binding(events),
+        },
+        work_channel: {
+            "description": "The worker's work queues (internal), one per clinical priority: "
+            f"the worker moves each request from {names.requests_queue} to the queue of its "
+            "search.priority at once, and takes the most urgent first, since quorum queues "
+            "have no message priorities.",
+            "parameters": {
+                "priority": {
+                    "description": "The request's search.priority, in lower case with hyphens.",
+                    "schema": {"type": "string", "enum": work_names},
+                }
+            },
+            "subscribe": {
+                "operationId": "sortRequest",
+                "summary": "The worker moves a request here by its clinical priority.",
+                **_publishes("ReferralRequest"),
+            },
+            "bindings": _queue_binding(_queue(work_channel)),
+            "x-ers-routing-keys": {
+                name: work_routing_key(p)
+                for name, p in zip(work_names, MOST_URGENT_FIRST, strict=True)
+            },
+            "x-ers-queue-arguments": requests_queue_arguments(names, delivery_limit),
+            "x-internal": True,
         },
         delay_channel: {
             "description": "The worker's delay queues (internal): a request waiting out an "

@@ -14,9 +14,12 @@ Rules:
 5. A broker that is not up when the worker starts is waited for, with backoff and one log
    line per try (the robust connection only reconnects once it has connected).
 6. After the robust connection comes back, the worker checks that the broker really sees a
-   consumer on the work queue (a known failure is a live connection with none), subscribes
-   again if not, and gives up (``failed`` is set, the process exits non-zero so the
-   orchestrator restarts it) if that does not work either.
+   consumer on each of its queues (a known failure is a live connection with none),
+   subscribes again if not, and gives up (``failed`` is set, the process exits non-zero so
+   the orchestrator restarts it) if that does not work either.
+7. Clinical priority: requests are sorted from the intake queue into one work queue per
+   priority (``worker.messaging.sorter``), and the sagas waiting for a slot in this process
+   are admitted earliest turn first (``worker.saga.priority``), as are their e-RS calls.
 """
 
 from __future__ import annotations
@@ -24,15 +27,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import aio_pika
 from aio_pika.abc import (
     AbstractIncomingMessage,
+    AbstractQueue,
     AbstractRobustChannel,
     AbstractRobustConnection,
 )
 
+from schemas.referral_request import Priority
 from worker.messaging.config import ConsumerConfig
 from worker.messaging.fate import Fate, Handled, Incoming
 from worker.messaging.handler import RequestHandler
@@ -43,11 +50,16 @@ from worker.messaging.headers import (
     FIRST_SEEN_MS_HEADER,
     attempt_of,
     first_seen_headers,
+    first_seen_of,
 )
 from worker.messaging.outgoing import copy_message, event_message, parked_headers, routing_key
+from worker.messaging.sorter import sort
 from worker.messaging.topology import Names, Topology, declare
 from worker.observability.health import HealthServer
 from worker.observability.metrics import REQUEUED, bounded_code
+from worker.saga.priority import Turns, turn
+
+OnMessage = Callable[[AbstractIncomingMessage], Awaitable[None]]
 
 log = logging.getLogger("worker.messaging.consumer")
 
@@ -59,12 +71,12 @@ class Worker:
         self._settings = settings
         self._handler = handler
         self._names = Names(settings.topology_prefix)
-        self._slots = asyncio.Semaphore(settings.concurrency)
+        self._slots = Turns(settings.concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._connection: AbstractRobustConnection | None = None
         self._channel: AbstractRobustChannel | None = None
         self._topology: Topology | None = None
-        self._consumer_tag: str | None = None
+        self._consumer_tags: dict[str, str] = {}  # queue name: tag
         self._stopping = False
         self._checks: set[asyncio.Task[None]] = set()
         self.failed = asyncio.Event()
@@ -88,7 +100,7 @@ class Worker:
             problems.append("draining")
         if self._connection is None or self._connection.is_closed:
             problems.append("broker connection closed")
-        if self._consumer_tag is None or self.failed.is_set():
+        if not self._consumer_tags or self.failed.is_set():
             problems.append("not consuming")
         try:
             await asyncio.wait_for(self._handler.store_ping(), timeout=2)
@@ -103,6 +115,7 @@ class Worker:
         channel = await self._connection.channel(publisher_confirms=True)
         assert isinstance(channel, AbstractRobustChannel)
         self._channel = channel
+        # Per consumer: each work queue, and the intake queue being sorted, get this many.
         await channel.set_qos(prefetch_count=self._settings.prefetch)
         self._topology = await declare(
             channel,
@@ -110,13 +123,23 @@ class Worker:
             delivery_limit=self._settings.delivery_limit,
             delays=self._settings.retry_delays,
         )
-        self._consumer_tag = await self._topology.requests.consume(self._on_message)
+        for queue, on_message in self._queues():
+            self._consumer_tags[queue.name] = await queue.consume(on_message)
         self.metrics.consumer_attached.set(1)
         self._connection.reconnect_callbacks.add(self._after_reconnect)
         log.info(
             "consuming",
-            extra={"queue": self._names.requests_queue, "prefetch": self._settings.prefetch},
+            extra={"queues": sorted(self._consumer_tags), "prefetch": self._settings.prefetch},
         )
+
+    def _queues(self) -> list[tuple[AbstractQueue, OnMessage]]:
+        """Each queue this worker consumes, with what it does with a message from it: the
+        intake queue's are sorted by priority, each work queue's run as sagas."""
+        topology = self.topology
+        queues: list[tuple[AbstractQueue, OnMessage]] = [(topology.requests, self._on_intake)]
+        for priority, queue in topology.work.items():
+            queues.append((queue, partial(self._on_message, priority)))
+        return queues
 
     async def _connect(self) -> AbstractRobustConnection:
         """The broker connection, waited for with backoff if the broker is not up yet (a
@@ -143,8 +166,8 @@ class Worker:
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)
 
-    async def _consuming(self, within: float = 5.0) -> bool:
-        """Whether the broker counts a consumer on the work queue within ``within`` seconds.
+    async def _missing_consumers(self, within: float = 5.0) -> list[str]:
+        """The queues on which the broker counts no consumer within ``within`` seconds.
 
         A quorum queue reports its consumer count a moment late, so one look is not enough.
         """
@@ -153,33 +176,55 @@ class Worker:
         while True:
             # The robust channel caches its queues' declare results; ask the broker itself.
             underlay = await self._channel.get_underlay_channel()
-            declared = await underlay.queue_declare(self._names.requests_queue, passive=True)
-            if (declared.consumer_count or 0) > 0:
-                return True
-            if time.monotonic() >= deadline:
-                return False
+            missing = []
+            for queue, _ in self._queues():
+                declared = await underlay.queue_declare(queue.name, passive=True)
+                if not declared.consumer_count:
+                    missing.append(queue.name)
+            if not missing or time.monotonic() >= deadline:
+                return missing
             await asyncio.sleep(0.25)
 
     async def _verify_consuming(self) -> None:
         if self._stopping:
             return
         try:
-            if await self._consuming():
-                log.info("consumer attached after reconnect")
+            missing = await self._missing_consumers()
+            if not missing:
+                log.info("consumers attached after reconnect")
                 return
-            log.warning("no consumer after reconnect: subscribing again")
-            self._consumer_tag = await self.topology.requests.consume(self._on_message)
-            if await self._consuming():
+            log.warning("no consumer after reconnect: subscribing again", extra={"queues": missing})
+            for queue, on_message in self._queues():
+                if queue.name in missing:
+                    self._consumer_tags[queue.name] = await queue.consume(on_message)
+            if not await self._missing_consumers():
                 return
         except Exception as exc:
             log.error("consumer check failed", extra={"error": type(exc).__name__})
         self.metrics.consumer_attached.set(0)
         self.failed.set()
 
-    async def _on_message(self, message: AbstractIncomingMessage) -> None:
-        task = asyncio.create_task(self._tracked(message))
+    async def _on_intake(self, message: AbstractIncomingMessage) -> None:
+        self._track(self._sort(message))
+
+    async def _sort(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await sort(message, self.topology, self.metrics)
+        except asyncio.CancelledError:
+            await self._requeue(message)
+            raise
+        except Exception as exc:  # the broker refused the copy or went away: try again later
+            log.error("request not sorted", extra={"error": type(exc).__name__})
+            await asyncio.sleep(1.0)
+            await self._requeue(message)
+
+    def _track(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    async def _on_message(self, priority: Priority, message: AbstractIncomingMessage) -> None:
+        self._track(self._tracked(priority, message))
 
     def _incoming(self, message: AbstractIncomingMessage) -> Incoming:
         return Incoming(
@@ -190,28 +235,21 @@ class Worker:
             reply_to=message.reply_to,
         )
 
-    async def _tracked(self, message: AbstractIncomingMessage) -> None:
+    async def _tracked(self, priority: Priority, message: AbstractIncomingMessage) -> None:
         with self.metrics.in_flight_message():
-            await self._process(message)
+            await self._process(priority, message)
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, priority: Priority, message: AbstractIncomingMessage) -> None:
         try:
             if self._stopping:
                 await self._requeue(message)
                 return
-            async with self._slots:
-                if self._stopping:  # stop() began while this one waited for a slot
-                    await self._requeue(message)
-                    return
-                incoming = self._incoming(message)
-                if self._last_delivery(message):
-                    handled = await self._handler.poisoned(incoming)
-                else:
-                    handled = await self._handler.handle(incoming)
-                if handled.fate is Fate.REQUEUE:
-                    await self._requeue(message)
-                    return
-                await self._settle(message, handled)
+            first_seen = first_seen_of(message.headers or {}, time.time())
+            await self._slots.acquire(turn(priority, first_seen))
+            try:
+                await self._run(message)
+            finally:
+                self._slots.release()
         except asyncio.CancelledError:
             # Shutdown ran out of grace: hand the message back; the saga resumes elsewhere.
             await self._requeue(message)
@@ -223,6 +261,20 @@ class Worker:
             log.error("message not settled", extra={"error": type(exc).__name__})
             await asyncio.sleep(1.0)
             await self._requeue(message)
+
+    async def _run(self, message: AbstractIncomingMessage) -> None:
+        if self._stopping:  # stop() began while this one waited for a slot
+            await self._requeue(message)
+            return
+        incoming = self._incoming(message)
+        if self._last_delivery(message):
+            handled = await self._handler.poisoned(incoming)
+        else:
+            handled = await self._handler.handle(incoming)
+        if handled.fate is Fate.REQUEUE:
+            await self._requeue(message)
+            return
+        await self._settle(message, handled)
 
     def _last_delivery(self, message: AbstractIncomingMessage) -> bool:
         count = (message.headers or {}).get(DELIVERY_COUNT_HEADER, 0)
@@ -266,12 +318,15 @@ class Worker:
         self._handler.stopping = True
         for check in set(self._checks):
             check.cancel()
-        if self._topology is not None and self._consumer_tag is not None:
-            try:
-                await self._topology.requests.cancel(self._consumer_tag)
-            except Exception as exc:
-                log.warning("consumer cancel failed", extra={"error": type(exc).__name__})
-            self._consumer_tag = None
+        if self._topology is not None:
+            for queue, _ in self._queues():
+                tag = self._consumer_tags.pop(queue.name, None)
+                if tag is None:
+                    continue
+                try:
+                    await queue.cancel(tag)
+                except Exception as exc:
+                    log.warning("consumer cancel failed", extra={"error": type(exc).__name__})
         deadline = time.monotonic() + grace
         while self._tasks:
             log.info("draining", extra={"in_flight": len(self._tasks)})

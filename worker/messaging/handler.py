@@ -48,6 +48,7 @@ from worker.saga.ports import (
     MalformedToken,
     TokenProvider,
 )
+from worker.saga.priority import turn
 from worker.saga.reference_data import ReferenceData
 from worker.saga.retry import RetrySchedule
 from worker.saga.runner import run_saga
@@ -222,6 +223,8 @@ class RequestHandler:
             clock=self._clock,
             failpoints=durable.failpoints,
         )
+        priority = request.search.priority
+        first_seen = msg.first_seen(self._clock())
         session = self._ers.session(
             request.user,
             token,
@@ -229,6 +232,8 @@ class RequestHandler:
             now=self._now,
             before_write=journal.before_write,
             not_taken=journal.not_taken,
+            priority=priority,
+            turn=turn(priority, first_seen),
         )
         ctx = SagaContext(
             request=request,
@@ -255,6 +260,9 @@ class RequestHandler:
         if handled.outcome is not None:
             self.metrics.saga_duration.labels(handled.outcome.status.value.lower()).observe(
                 time.monotonic() - started
+            )
+            self.metrics.time_to_outcome.labels(priority.value.lower()).observe(
+                max(0.0, self._clock() - first_seen)
             )
         return handled
 

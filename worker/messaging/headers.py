@@ -9,8 +9,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from schemas.referral_request import Priority
+
 # --- routing keys ---
-REQUEST_ROUTING_KEY = "referral.request"
+REQUEST_ROUTING_KEY = "referral.request"  # upstream publishes every request with it
 OUTCOME_ROUTING_PREFIX = "referral.outcome"  # + ".<status in lower case>"
 LETTER_READY_ROUTING_KEY = "referral.letter_ready"
 
@@ -56,6 +58,12 @@ DEATH_HEADER = "x-death"  # the broker's own dead-lettering history
 RESET_ON_REPLAY = frozenset(
     {DELIVERY_COUNT_HEADER, DEATH_HEADER, ATTEMPT_HEADER, FIRST_SEEN_HEADER, FIRST_SEEN_MS_HEADER}
 )
+
+
+def work_routing_key(priority: Priority) -> str:
+    """The key the worker routes a request to its priority's work queue with, e.g.
+    ``referral.request.two_week_wait`` (upstream never needs it)."""
+    return f"{REQUEST_ROUTING_KEY}.{priority.value.lower()}"
 
 
 def attempt_of(headers: Mapping[str, Any]) -> int:

@@ -81,4 +81,5 @@ def copy_message(message: AbstractIncomingMessage, headers: dict[str, Any]) -> a
         message_id=message.message_id,
         correlation_id=message.correlation_id,
         reply_to=message.reply_to,
+        priority=message.priority,  # upstream's own, if it set one; we route by the body's
     )

@@ -1,11 +1,21 @@
 """The RabbitMQ topology the worker declares, named from one prefix.
 
-    upstream ─► <p>.requests (direct) ─referral.request─► <p>.requests (quorum queue)
-                     ▲                                        │ parked / delivery limit
-                     │ TTL expired                            ▼
-    worker ─► <p>.delay.<n>s (quorum, TTL n s)   <p>.dlx (fanout) ─► <p>.dead-letters
+    upstream ─► <p>.requests (direct) ─referral.request─► <p>.requests (quorum: intake)
+                  │     ▲                                       │ the worker sorts
+                  │     │ TTL expired                           ▼
+                  │  <p>.delay.<n>s (quorum, TTL n s) ◄─ worker
+                  └─referral.request.<priority>─► <p>.requests.<priority> (quorum: work)
+                                                        │ parked / delivery limit
+                                                        ▼
+                                         <p>.dlx (fanout) ─► <p>.dead-letters
     worker ─► <p>.events (topic): referral.outcome.<status>, referral.letter_ready
     worker ─► default exchange ─► the request's reply_to queue
+
+Clinical priority in the broker: each priority has a work queue of its own, since RabbitMQ
+3.x quorum queues have no message priorities (and classic queues, which do, have neither a
+delivery limit nor replication). Upstream keeps publishing one routing key; the worker
+moves each request from the intake queue to its priority's queue at once
+(``worker.messaging.sorter``), so a two-week-wait referral never waits behind a backlog.
 
 Dead-lettering is at-least-once (RabbitMQ 3.10+), so a message moving between these queues
 is never dropped on the way.
@@ -22,7 +32,9 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
-from worker.messaging.headers import REQUEST_ROUTING_KEY
+from schemas.referral_request import Priority
+from worker.messaging.headers import REQUEST_ROUTING_KEY, work_routing_key
+from worker.saga.priority import MOST_URGENT_FIRST
 
 # The broker side's defaults; ``worker.ops.settings`` takes them as its own.
 DEFAULT_PREFIX = "ers"
@@ -41,6 +53,10 @@ class Names:
     @property
     def requests_queue(self) -> str:
         return f"{self.prefix}.requests"
+
+    def work_queue(self, priority: Priority) -> str:
+        """The queue of one clinical priority's requests, e.g. ``ers.requests.two-week-wait``."""
+        return f"{self.prefix}.requests.{priority.value.lower().replace('_', '-')}"
 
     @property
     def events_exchange(self) -> str:
@@ -124,11 +140,19 @@ def definitions(names: Names, *, delivery_limit: int, delays: tuple[float, ...])
         ],
         "queues": [
             queue(names.requests_queue, requests_queue_arguments(names, delivery_limit)),
+            *(
+                queue(names.work_queue(p), requests_queue_arguments(names, delivery_limit))
+                for p in MOST_URGENT_FIRST
+            ),
             queue(names.dead_letter_queue, DEAD_LETTER_QUEUE_ARGUMENTS),
             *(queue(names.delay_queue(d), delay_queue_arguments(names, d)) for d in delays),
         ],
         "bindings": [
             binding(names.requests_exchange, names.requests_queue, REQUEST_ROUTING_KEY),
+            *(
+                binding(names.requests_exchange, names.work_queue(p), work_routing_key(p))
+                for p in MOST_URGENT_FIRST
+            ),
             binding(names.dead_letter_exchange, names.dead_letter_queue, ""),
         ],
     }
@@ -137,7 +161,9 @@ def definitions(names: Names, *, delivery_limit: int, delays: tuple[float, ...])
 @dataclass(frozen=True, slots=True)
 class Topology:
     names: Names
-    requests: AbstractQueue
+    requests: AbstractQueue  # the intake queue upstream publishes to
+    work: dict[Priority, AbstractQueue]  # most urgent first
+    requests_exchange: AbstractExchange
     events: AbstractExchange
     dead_letters: AbstractExchange
     default: AbstractExchange
@@ -162,6 +188,14 @@ async def declare(
         arguments=requests_queue_arguments(names, delivery_limit),
     )
     await requests.bind(requests_exchange, routing_key=REQUEST_ROUTING_KEY)
+    work: dict[Priority, AbstractQueue] = {}
+    for priority in MOST_URGENT_FIRST:
+        work[priority] = await channel.declare_queue(
+            names.work_queue(priority),
+            durable=True,
+            arguments=requests_queue_arguments(names, delivery_limit),
+        )
+        await work[priority].bind(requests_exchange, routing_key=work_routing_key(priority))
     for seconds in delays:
         await channel.declare_queue(
             names.delay_queue(seconds),
@@ -171,7 +205,7 @@ async def declare(
     events = await channel.declare_exchange(
         names.events_exchange, aio_pika.ExchangeType.TOPIC, durable=True
     )
-    return Topology(names, requests, events, dlx, channel.default_exchange)
+    return Topology(names, requests, work, requests_exchange, events, dlx, channel.default_exchange)
 
 
 async def remove(amqp_url: str, names: Names, *, delays: tuple[float, ...]) -> None:
@@ -182,6 +216,7 @@ async def remove(amqp_url: str, names: Names, *, delays: tuple[float, ...]) -> N
         channel = await connection.channel()
         for queue in (
             names.requests_queue,
+            *(names.work_queue(p) for p in MOST_URGENT_FIRST),
             names.dead_letter_queue,
             *(names.delay_queue(d) for d in delays),
         ):

@@ -108,6 +108,48 @@ class Metrics:
             "Unix time of the last successful e-RS call.",
             registry=r,
         )
+        # --- the application's e-RS budget (worker.ers.budget) ---
+        self.permit_wait = Histogram(
+            f"{PREFIX}_ers_permit_wait_seconds",
+            "Time an e-RS call waited for its permit from the budget, by clinical priority.",
+            ["priority"],
+            buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.rate_limited = Counter(
+            f"{PREFIX}_ers_rate_limited",
+            "429 answers from e-RS: each pauses every replica (the budget is set too high).",
+            registry=r,
+        )
+        self.rate_limit_fallbacks = Counter(
+            f"{PREFIX}_rate_limit_fallbacks",
+            "Times this replica lost the shared budget's store and fell back to its share.",
+            registry=r,
+        )
+        self.rate_limit_shared_unreachable = Gauge(
+            f"{PREFIX}_rate_limit_shared_store_unreachable",
+            "1 while this replica spends its local share because the shared store is down.",
+            registry=r,
+        )
+        self.rate_limit_per_second = Gauge(
+            f"{PREFIX}_rate_limit_per_second",
+            "e-RS calls/s this replica may spend now: the application's budget when shared, "
+            "its local share otherwise.",
+            registry=r,
+        )
+        self.sorted = Counter(
+            f"{PREFIX}_requests_sorted",
+            "Requests moved from the intake queue to their priority's work queue.",
+            ["priority"],
+            registry=r,
+        )
+        self.time_to_outcome = Histogram(
+            f"{PREFIX}_time_to_outcome_seconds",
+            "Time from a request's first sight to its outcome, by clinical priority.",
+            ["priority"],
+            buckets=(1, 5, 10, 30, 60, 120, 300, 600, 1800, 3600, 14400, 86400),
+            registry=r,
+        )
         self.delayed = Counter(
             f"{PREFIX}_delayed_messages",
             "Messages sent to a delay queue.",

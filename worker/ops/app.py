@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 
 import httpx
 
+from worker.ers.budget import CallBudget
 from worker.ers.client import ErsClient, RetryPolicy
 from worker.fhir.build import specialty_system
 from worker.messaging.handler import Durability, RequestHandler
@@ -107,11 +108,12 @@ async def _handler(
 ) -> AsyncIterator[RequestHandler]:
     failpoints = Failpoints(settings.failpoints)  # test-only crash points; none by default
     metrics = Metrics(park_reasons=PARK_REASONS)
-    async with build_http_client(settings) as http:
+    budget = call_budget(settings, metrics)
+    async with build_http_client(settings) as http, budget:
         ers = ErsClient(
             http,
             base_url=settings.ers_base_url,
-            rate_limit_per_second=settings.ers_rate_limit_per_second,
+            budget=budget,
             retry=RetryPolicy(
                 max_attempts=settings.ers_max_attempts,
                 initial_wait=settings.ers_retry_initial_seconds,
@@ -146,6 +148,21 @@ async def _handler(
             ),
             metrics=metrics,
         )
+
+
+def call_budget(settings: Settings, metrics: Metrics) -> CallBudget:
+    """The e-RS budget of this replica: shared through Redis when configured. Without it,
+    a replica on SQLite is the only one and spends the whole budget; on PostgreSQL there may
+    be others, so each spends its share of the most replicas that may run."""
+    redis = settings.rate_limit_redis_url
+    alone = redis is None and settings.saga_store == "sqlite"
+    return CallBudget(
+        settings.ers_rate_limit_per_second,
+        metrics=metrics,
+        key=f"ers-worker:{settings.topology_prefix}:ers-budget",
+        redis_url=redis.get_secret_value() if redis is not None else None,
+        local_share=1 if alone else settings.ers_rate_limit_max_replicas,
+    )
 
 
 def configure_logging(level: str) -> None:

@@ -97,7 +97,23 @@ class Settings(BaseSettings):
         10.0,
         gt=0,
         validation_alias=_env("ERS_RATE_LIMIT_PER_SECOND"),
-        description="e-RS production allows 10 requests/s per application.",
+        description="The whole application's e-RS budget, shared by every replica "
+        "(e-RS production allows 10 requests/s per application).",
+    )
+    rate_limit_redis_url: SecretStr | None = Field(
+        None,
+        validation_alias=_env("RATE_LIMIT_REDIS_URL"),
+        description="Redis that replicas share the e-RS budget through (redis://...). "
+        "Unset: one replica on SQLite spends the whole budget; on PostgreSQL each spends "
+        "1/ERS_RATE_LIMIT_MAX_REPLICAS of it.",
+    )
+    ers_rate_limit_max_replicas: int = Field(
+        4,
+        ge=1,
+        le=100,
+        validation_alias=_env("ERS_RATE_LIMIT_MAX_REPLICAS"),
+        description="The most replicas that may run: without the shared store each spends "
+        "1/N of the budget, so that together they never exceed it.",
     )
     ers_max_attempts: int = Field(
         4,

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from pydantic import SecretStr
 
 from schemas.events import LetterInfo, Step
-from schemas.referral_request import ActingUser
+from schemas.referral_request import ActingUser, Priority
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,4 +162,6 @@ class ErsSessions(Protocol):
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: NotTaken | None = None,
+        priority: Priority = Priority.ROUTINE,
+        turn: float | None = None,
     ) -> ErsPort: ...

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -22,6 +23,7 @@ from pydantic import SecretStr
 
 from schemas.referral_request import ActingUser
 from tests.spec_examples import SPEC_DIR
+from worker.ers.budget import CallBudget
 from worker.ers.client import ErsClient, RetryPolicy
 from worker.ers.session import ErsSession
 from worker.observability.metrics import Metrics
@@ -124,12 +126,16 @@ class Rig:
         self.http = http
         self.fake = fake
         self.metrics = Metrics()
+        self.waited: list[float] = []  # what ``waits`` did not sleep: the budget's clock counts it
+
+    def clock(self) -> float:
+        return time.time() + sum(self.waited)
 
     def client(self, retry: RetryPolicy = FAST, booking_timeout: float = 120.0) -> ErsClient:
         return ErsClient(
             self.http,
             base_url=BASE_URL,
-            rate_limit_per_second=1000.0,
+            budget=CallBudget(1e6, metrics=self.metrics, key="unit", clock=self.clock),
             retry=retry,
             booking_timeout_seconds=booking_timeout,
             metrics=self.metrics,
@@ -175,13 +181,16 @@ async def rig() -> Any:
 
 
 @pytest.fixture
-def waits(monkeypatch: pytest.MonkeyPatch) -> list[float]:
-    """The waits tenacity asks for (it sleeps through ``asyncio.sleep``), without waiting."""
+def waits(monkeypatch: pytest.MonkeyPatch, rig: Rig) -> list[float]:
+    """The waits tenacity asks for (it sleeps through ``asyncio.sleep``), without waiting;
+    the rig's clock moves on by them, so that the budget's pause after a 429 is over when
+    tenacity's wait is, as in real time."""
     recorded: list[float] = []
     real_sleep = asyncio.sleep
 
     async def sleep(seconds: float, result: Any = None) -> Any:
         recorded.append(seconds)
+        rig.waited.append(seconds)
         return await real_sleep(0, result)
 
     monkeypatch.setattr(asyncio, "sleep", sleep)

@@ -17,7 +17,7 @@ import pytest
 
 from schemas.events import LetterInfo, LetterReadyEventV1, OutcomeEventV1, OutcomeStatus, Step
 from schemas.events import Path as SagaPath
-from schemas.referral_request import ActingUser
+from schemas.referral_request import ActingUser, Priority
 from tests.spec_examples import example
 from worker.fhir.build import specialty_system
 from worker.fhir.vocabulary import STATE_CHANGING, Endpoint
@@ -27,6 +27,7 @@ from worker.messaging.headers import (
     ATTEMPT_HEADER,
     EXPIRES_HEADER,
     FIRST_SEEN_HEADER,
+    FIRST_SEEN_MS_HEADER,
     TOKEN_HEADER,
 )
 from worker.messaging.tokens import MessageHeaderTokenProvider
@@ -70,6 +71,7 @@ class FakeErs:
         self.calls: list[Endpoint] = []
         self.bodies: dict[Endpoint, list[Any]] = {}
         self.sessions: list[tuple[str, str, str]] = []  # ods code, token, correlation id
+        self.priorities: list[tuple[Priority, float | None]] = []  # each session's
         self.written_ahead: list[str] = []
 
     def script(self, endpoint: Endpoint, *answers: ErsReply | Exception) -> None:
@@ -84,8 +86,11 @@ class FakeErs:
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: BeforeWrite | None = None,
+        priority: Priority = Priority.ROUTINE,
+        turn: float | None = None,
     ) -> FakeSession:
         self.sessions.append((user.ods_code, token.value.get_secret_value(), correlation_id))
+        self.priorities.append((priority, turn))
         return FakeSession(self, now, before_write)
 
     def answer(self, endpoint: Endpoint) -> ErsReply | Exception:
@@ -380,6 +385,17 @@ async def test_a_re_send_with_a_token_runs_the_saga(rig: Rig) -> None:
 
     assert only_outcome_of(handled).status is OutcomeStatus.COMPLETED
     assert rig.ers.sessions == [("R69", TOKEN, "corr-42")]
+
+
+async def test_the_saga_queues_for_e_rs_by_its_priority_and_first_sight(rig: Rig) -> None:
+    body = sample(SHORTLIST_ONLY)
+    body["search"]["priority"] = "TWO_WEEK_WAIT"
+    seen_ms = 1_796_000_000_000
+
+    await rig.handler.handle(message(body, **{FIRST_SEEN_MS_HEADER: seen_ms}))
+
+    # A two-week-wait referral's turn is its first sight: no allowance (worker.saga.priority).
+    assert rig.ers.priorities == [(Priority.TWO_WEEK_WAIT, seen_ms / 1000)]
 
 
 def only_outcome_of(handled: Handled) -> OutcomeEventV1:
