@@ -165,6 +165,7 @@ async def list_requests(request: web.Request) -> web.Response:
                 "request_id": entry.request_id,
                 "business_function": entry.business_function,
                 "ods_code": entry.ods_code,
+                "at": entry.at,
             }
             for entry in state(request).request_log
         ]

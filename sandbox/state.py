@@ -7,6 +7,7 @@ check-then-mutate sequence without awaiting, so no locks are needed.
 from __future__ import annotations
 
 import hashlib
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -118,6 +119,8 @@ class LogEntry:
     request_id: str
     business_function: str | None
     ods_code: str | None
+    # Epoch seconds the sandbox took the call: what a strict e-RS limiter counts.
+    at: float = field(default_factory=time.time)
 
 
 def _load_seed() -> dict[str, Any]:
