@@ -24,7 +24,7 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from schemas.referral_request import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS
+from schemas.referral_request import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Priority
 from worker.messaging.topology import Names, definitions
 from worker.ops.settings import Settings
 
@@ -39,7 +39,7 @@ DEFINITIONS = DEPLOY / "rabbitmq" / "definitions.json"
 # The oldest Kubernetes still commonly run, and the newest the validator knows.
 KUBERNETES_VERSIONS = ("1.28.0", kubernetes_validate.utils.latest_version())
 METRICS_PORT = 9102
-SECRET_KEYS = {"AMQP_URL", "POSTGRES_DSN", "PATIENT_KEY_SECRET"}
+SECRET_KEYS = {"AMQP_URL", "POSTGRES_DSN", "PATIENT_KEY_SECRET", "RATE_LIMIT_REDIS_URL"}
 PLACEHOLDER = "REPLACE_ME"
 ERS_REQUESTS_PER_SECOND = 10.0  # e-RS' limit per application
 
@@ -431,15 +431,19 @@ def test_keda_scales_the_deployment_on_the_request_queue() -> None:
     assert target["name"] == one("Deployment")["metadata"]["name"]
     assert target.get("kind", "Deployment") == "Deployment"
     assert target.get("apiVersion", "apps/v1") == "apps/v1"
-    (trigger,) = spec["triggers"]
-    assert trigger["type"] == "rabbitmq"
-    metadata = trigger["metadata"]
-    prefix = Settings.model_fields["topology_prefix"].default
-    assert metadata["queueName"] == Names(prefix).requests_queue == "ers.requests"
-    assert metadata["mode"] == "QueueLength"
-    assert float(metadata["value"]) > 0
-    assert "host" not in metadata, "the broker URL holds a password: TriggerAuthentication"
-    assert trigger["authenticationRef"]["name"] == one("TriggerAuthentication")["metadata"]["name"]
+    names = Names(Settings.model_fields["topology_prefix"].default)
+    # The backlog waits in the work queues, one per priority; the intake queue is sorted
+    # at once and stays near empty.
+    queues = [trigger["metadata"]["queueName"] for trigger in spec["triggers"]]
+    assert sorted(queues) == sorted(names.work_queue(p) for p in Priority)
+    for trigger in spec["triggers"]:
+        assert trigger["type"] == "rabbitmq"
+        metadata = trigger["metadata"]
+        assert metadata["mode"] == "QueueLength"
+        assert float(metadata["value"]) > 0
+        assert "host" not in metadata, "the broker URL holds a password: TriggerAuthentication"
+        authentication = one("TriggerAuthentication")["metadata"]["name"]
+        assert trigger["authenticationRef"]["name"] == authentication
 
 
 def test_keda_reads_the_broker_url_from_the_worker_secret() -> None:
@@ -457,8 +461,12 @@ def test_keda_keeps_two_replicas_and_e_rs_rate_limit() -> None:
     assert spec["minReplicaCount"] == one("Deployment")["spec"]["replicas"]
     assert spec["maxReplicaCount"] >= spec["minReplicaCount"]
     assert "idleReplicaCount" not in spec, "scaling to zero leaves nobody to drain or take over"
-    per_pod = float(configmap()["ERS_RATE_LIMIT_PER_SECOND"])
-    assert per_pod * spec["maxReplicaCount"] <= ERS_REQUESTS_PER_SECOND
+    # One budget for the whole application, shared by the pods through Redis; without it
+    # each pod spends 1/ERS_RATE_LIMIT_MAX_REPLICAS of it, so the most pods KEDA may run
+    # must not exceed that.
+    assert float(configmap()["ERS_RATE_LIMIT_PER_SECOND"]) <= ERS_REQUESTS_PER_SECOND
+    assert spec["maxReplicaCount"] <= int(configmap()["ERS_RATE_LIMIT_MAX_REPLICAS"])
+    assert secret()["RATE_LIMIT_REDIS_URL"].startswith("redis")
 
 
 # --- settings named anywhere ---------------------------------------------------------------
@@ -503,12 +511,13 @@ def test_compose_runs_the_whole_stack() -> None:
     assert set(compose()["services"]) >= {
         "rabbitmq",
         "postgres",
+        "redis",
         "worker",
         "sandbox",
         "prometheus",
         "grafana",
     }
-    for name in ("rabbitmq", "postgres", "sandbox", "prometheus", "grafana"):
+    for name in ("rabbitmq", "postgres", "redis", "sandbox", "prometheus", "grafana"):
         assert service(name)["healthcheck"]["test"], name
     # The worker's healthcheck is the image's (HEALTHCHECK in the Dockerfile).
     assert "healthcheck" not in service("worker")
@@ -525,6 +534,7 @@ def test_compose_worker_is_built_from_the_dockerfile_and_waits_for_its_dependenc
     assert conditions == {
         "rabbitmq-definitions": "service_completed_successfully",
         "postgres": "service_healthy",
+        "redis": "service_healthy",
         "sandbox": "service_healthy",
     }
     assert service("rabbitmq-definitions")["depends_on"]["rabbitmq"]["condition"] == (
