@@ -19,9 +19,11 @@ import asyncpg
 import httpx
 import pytest
 
+from schemas.referral_request import Priority
 from tests.harness import Harness, mixed_batch
 from tests.integration.test_saga_store import POSTGRES_DSN
 from tests.processes import WorkerProcess
+from worker.messaging.headers import work_routing_key
 from worker.ops.settings import Settings
 
 CHEAP = ["05-shortlist-only.json"]  # a search and a create: few calls per request
@@ -224,3 +226,27 @@ async def test_a_two_week_wait_request_published_last_is_served_before_the_routi
     # prefetch place) finish before it; without priority it would finish last.
     assert order.index(urgent_cid) <= 3, order.index(urgent_cid)
     assert harness.worker.metrics.sorted.labels("two_week_wait")._value.get() == 1
+
+
+@pytest.mark.worker_settings(delivery_limit=2)
+async def test_a_request_whose_work_queue_cannot_be_reached_is_dead_lettered_not_lost(
+    harness: Harness,
+) -> None:
+    names = harness.names
+    channel = await harness.worker.topology.work[Priority.ROUTINE].channel.get_underlay_channel()
+    await channel.queue_unbind(
+        names.work_queue(Priority.ROUTINE),
+        names.requests_exchange,
+        routing_key=work_routing_key(Priority.ROUTINE),
+    )
+    (request,) = mixed_batch(1, CHEAP)
+
+    await harness.publish(request)
+
+    # The copy comes back unroutable, the intake copy goes back unacknowledged, and the
+    # broker dead-letters it after the delivery limit: parked for a person, never dropped.
+    await harness.wait_for_parked(1, timeout=60)
+    await harness.poll()
+    (parked,) = harness.parked
+    assert parked.body["request_id"] == request["request_id"]
+    assert harness.worker.metrics.sorted.labels("routine")._value.get() == 0

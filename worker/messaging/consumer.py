@@ -53,6 +53,7 @@ from worker.messaging.headers import (
     first_seen_of,
 )
 from worker.messaging.outgoing import copy_message, event_message, parked_headers, routing_key
+from worker.messaging.publish import confirmed_channel
 from worker.messaging.sorter import sort
 from worker.messaging.topology import Names, Topology, declare
 from worker.observability.health import HealthServer
@@ -112,7 +113,7 @@ class Worker:
         settings = self._settings
         await self.health.start(settings.metrics_host, settings.metrics_port)
         self._connection = await self._connect()
-        channel = await self._connection.channel(publisher_confirms=True)
+        channel = await confirmed_channel(self._connection)
         assert isinstance(channel, AbstractRobustChannel)
         self._channel = channel
         # Per consumer: each work queue, and the intake queue being sorted, get this many.

@@ -8,9 +8,16 @@ from typing import Any
 
 import aio_pika
 import orjson
-from aio_pika.abc import AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from worker.messaging.headers import REQUEST_ROUTING_KEY, TOKEN_HEADER
+
+
+async def confirmed_channel(connection: AbstractConnection) -> AbstractChannel:
+    """A channel on which each publish waits for the broker's confirm, and a mandatory
+    publish that no queue takes raises: aio-pika otherwise returns it as if delivered, and
+    the caller would acknowledge a message it never passed on."""
+    return await connection.channel(publisher_confirms=True, on_return_raises=True)
 
 
 def request_message(

@@ -38,6 +38,7 @@ from worker.messaging.headers import (
     TOKEN_HEADER,
 )
 from worker.messaging.outgoing import copy_message
+from worker.messaging.publish import confirmed_channel
 from worker.messaging.topology import Names
 from worker.ops.app import open_store
 from worker.ops.settings import Settings
@@ -144,7 +145,7 @@ async def look(settings: Settings, *, offset: int = 0, limit: int = 1000) -> Pag
     total = 0
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await confirmed_channel(connection)
         _, total = await _parked(channel, names.dead_letter_queue)
         index = 0
         async for message in _pass(channel, names.dead_letter_queue):
@@ -161,7 +162,7 @@ async def show(settings: Settings, message_id: str) -> tuple[Parked, bytes] | No
     shown: tuple[Parked, bytes] | None = None
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await confirmed_channel(connection)
         async for message in _pass(channel, names.dead_letter_queue):
             if shown is None and message.message_id == message_id:
                 shown = (Parked.of(message), message.body)
@@ -175,7 +176,7 @@ async def drop(settings: Settings, message_ids: set[str]) -> list[str]:
     dropped: list[str] = []
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await confirmed_channel(connection)
         async for message in _pass(channel, names.dead_letter_queue):
             if message.message_id in message_ids:
                 await message.ack()
@@ -202,7 +203,7 @@ async def replay(
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     try:
         async with connection:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await confirmed_channel(connection)
             exchange = await channel.get_exchange(names.requests_exchange)
             async for message in _pass(channel, names.dead_letter_queue):
                 if message.message_id not in message_ids:

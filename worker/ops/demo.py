@@ -19,7 +19,7 @@ from yarl import URL
 
 from sandbox.testing import running_sandbox
 from worker.messaging.consumer import Worker
-from worker.messaging.publish import publish_request
+from worker.messaging.publish import confirmed_channel, publish_request
 from worker.messaging.topology import Names, remove
 from worker.ops.app import request_handler
 from worker.ops.samples import SAMPLES
@@ -130,7 +130,7 @@ async def _publish_and_collect(
     run_id = uuid.uuid4().hex[:8]
     connection = await aio_pika.connect(url)
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await confirmed_channel(connection)
         replies = await channel.declare_queue(exclusive=True, auto_delete=True)
         exchange = await channel.get_exchange(Names(DEMO_PREFIX).requests_exchange)
         by_correlation: dict[str, int] = {}

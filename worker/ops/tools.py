@@ -17,7 +17,7 @@ import aio_pika
 import orjson
 from tqdm import tqdm
 
-from worker.messaging.publish import publish_request
+from worker.messaging.publish import confirmed_channel, publish_request
 from worker.messaging.topology import Names
 from worker.ops.app import open_store
 from worker.ops.settings import Settings
@@ -56,7 +56,7 @@ async def submit(
     names = Names(settings.topology_prefix)
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
-        channel = await connection.channel(publisher_confirms=True)
+        channel = await confirmed_channel(connection)
         replies = await channel.declare_queue(exclusive=True, auto_delete=True)
         exchange = await channel.get_exchange(names.requests_exchange)
         sent: dict[str, Path] = {}
