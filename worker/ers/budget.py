@@ -52,9 +52,21 @@ SHARED_RETRY_SECONDS = 5.0
 # a sleep's overshoot and a round trip per call (about 1 % of the budget at 10/s). Asking a
 # little early costs at most one more round trip, answered with the rest of the wait.
 EARLY_SECONDS = 0.002
+# The longest pause a 429 imposes on every replica; a call asked to wait longer waits in a
+# delay queue (worker.ers.client), so no replica sleeps on a wild Retry-After.
+MAX_PAUSE_SECONDS = 300.0
 # A Redis that answers slower than this is treated as unreachable (the call would wait on it).
 STORE_TIMEOUT_SECONDS = 0.5
 _RATE_PERIOD = 100  # seconds: throttled-py takes integer rates, so 9.8/s is 980 per 100 s
+
+
+def _raise_if_cancelled() -> None:
+    """Raise a cancellation that a Redis command swallowed: with a socket timeout redis-py
+    waits through ``asyncio.wait_for``, which on Python 3.11 can return the command's result
+    to a task already cancelled. A cancelled saga must not go on to send its call."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 def _gcra(per_second: float, store: Any, key: str) -> Throttled:
@@ -121,10 +133,11 @@ class CallBudget:
         )
 
     async def rate_limited(self, retry_after: float | None) -> None:
-        """e-RS answered 429: counted, and when it asks us to wait, every replica waits."""
+        """e-RS answered 429: counted, and when it asks us to wait, every replica waits (at
+        most ``MAX_PAUSE_SECONDS``: a wait beyond it is the delay queues' to keep)."""
         self._metrics.rate_limited.inc()
-        if retry_after is not None and retry_after > 0:
-            await self._pause(retry_after)
+        if retry_after is not None and math.isfinite(retry_after) and retry_after > 0:
+            await self._pause(min(retry_after, MAX_PAUSE_SECONDS))
 
     async def _pause(self, seconds: float) -> None:
         until = self._clock() + seconds
@@ -147,6 +160,7 @@ class CallBudget:
                 self._shared_back()
             except BaseThrottledError as exc:
                 self._shared_failed(exc)
+            _raise_if_cancelled()
         return until
 
     async def _shared_pause(self) -> float:
@@ -163,6 +177,7 @@ class CallBudget:
             except BaseThrottledError as exc:
                 self._shared_failed(exc)
                 continue
+            _raise_if_cancelled()
             if shared:
                 self._shared_back()
             if not result.limited:
@@ -210,4 +225,5 @@ class CallBudget:
             # throttled-py's store owns the Redis client; closing it ends the connection
             # pool, which belongs to this event loop.
             client: Any = self._redis._backend.get_client()
-            await client.aclose()
+            # The client was handed its pool, so it does not close it unless told to.
+            await client.aclose(close_connection_pool=True)

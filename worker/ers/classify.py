@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -42,7 +44,8 @@ def _retry_after(value: str | None, now: datetime) -> float | None:
         if when.tzinfo is None:
             when = when.replace(tzinfo=UTC)
         return max(0.0, (when - now).total_seconds())
-    return seconds if seconds >= 0 else None
+    # RFC 9110 delay-seconds is a non-negative integer; 'inf', 'nan' or '1e400' is unreadable.
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def classify_status(

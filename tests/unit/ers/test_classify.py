@@ -184,6 +184,8 @@ def test_a_rate_limit_is_too_many_requests_whatever_the_body_says() -> None:
         ("-0.5", None),
         ("soon", None),
         ("nan", None),
+        ("inf", None),  # would pause every replica for ever
+        ("1e400", None),
     ],
 )
 def test_retry_after_seconds_are_read_and_anything_else_is_ignored(
