@@ -95,6 +95,7 @@ async def run(
                     "ers_rate_limit_per_second": 100_000.0,
                     "concurrency": concurrency,
                     "prefetch": concurrency,
+                    "metrics_port": 0,  # beside other workers on this machine
                 }
             )
             async with request_handler(settings) as handler:
