@@ -50,8 +50,8 @@ sandbox: $(STAMP) ## the e-RS sandbox alone, on SANDBOX_PORT
 worker: $(STAMP) ## the production entry point, configured from the environment
 	$(BIN)/ers-worker run
 
-bench: $(STAMP) ## throughput and CPU per request through RabbitMQ and the sandbox
-	$(BIN)/python -m bench.throughput --requests 200 --concurrency 50
+bench: $(STAMP) ## the benchmarks, in one go against one sandbox: CPU against a bare pipeline, latency hiding, the shared budget (about 15 minutes)
+	$(BIN)/python -m bench.suite
 	@echo "--- one patient (its sagas run one at a time): a figure of its own"
 	$(BIN)/python -m bench.throughput --requests 50 --concurrency 50 --same-patient
 

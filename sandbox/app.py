@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from datetime import datetime
@@ -153,12 +154,13 @@ async def ers_middleware(request: web.Request, handler: Handler) -> web.StreamRe
         business_function=request.headers.get(BUSINESS_FUNCTION_HEADER),
     )
     request[CALLER] = who
+    arrived = time.time()  # what a strict limiter counts: the arrival, not the answer
     response: web.StreamResponse
     try:
         response = await _answer(endpoint, request, handler)
     except _Dropped:
         assert endpoint is not None
-        _log_call(request, endpoint.id, 0, correlation_id, request_id, who)
+        _log_call(request, endpoint.id, 0, correlation_id, request_id, who, arrived)
         raise asyncio.CancelledError from None  # aiohttp stops here: nothing is written
     except (ErsError, PlainError) as error:
         response = error.response()
@@ -173,7 +175,7 @@ async def ers_middleware(request: web.Request, handler: Handler) -> web.StreamRe
     if correlation_id is not None:
         response.headers["X-Correlation-ID"] = correlation_id
     if endpoint is not None:
-        _log_call(request, endpoint.id, response.status, correlation_id, request_id, who)
+        _log_call(request, endpoint.id, response.status, correlation_id, request_id, who, arrived)
         log.info(
             "%s %s %s -> %d request_id=%s correlation_id=%s",
             endpoint.id,
@@ -193,6 +195,7 @@ def _log_call(
     correlation_id: str | None,
     request_id: str,
     who: Caller,
+    arrived: float,
 ) -> None:
     state(request).request_log.append(
         LogEntry(
@@ -204,6 +207,7 @@ def _log_call(
             request_id=request_id,
             business_function=who.business_function,
             ods_code=who.ods_code,
+            at=arrived,
         )
     )
 

@@ -119,8 +119,7 @@ class LogEntry:
     request_id: str
     business_function: str | None
     ods_code: str | None
-    # Epoch seconds the sandbox took the call: what a strict e-RS limiter counts.
-    at: float = field(default_factory=time.time)
+    at: float = field(default_factory=time.time)  # epoch seconds the call arrived
 
 
 def _load_seed() -> dict[str, Any]:

@@ -1,0 +1,323 @@
+"""Issue 10's benchmarks in one go, against one sandbox process started once.
+
+    python -m bench.suite [--only cpu|latency|budget ...] [--rounds 3] [--requests 200]
+                          [--budget-requests 500]
+
+cpu      the bare aio-pika -> aiohttp pipeline (bench/bare.py) and the worker, in alternating
+         rounds: median CPU ms per message of each and the ratio worker / bare.
+latency  the sandbox answers every e-RS call after --latency seconds (100 ms); the worker at
+         each --latency-concurrency (50, 200): throughput against the ideal
+         concurrency / (mean e-RS calls per referral x latency), counted in the sandbox log.
+budget   3 replicas sharing e-RS' 10/s through Redis on a backlog of --budget-requests (500),
+         ~10 % 2WW, one SIGKILLed on the way (bench/budget.py).
+
+Figures come from bench.throughput's `drive` (process CPU, so the requester's small cost is in
+every figure alike). Between runs the sandbox is reset (`POST /_sandbox/reset`), so each starts
+from the seed with an empty request log and no faults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from tempfile import TemporaryDirectory
+from typing import Any
+
+import httpx
+import orjson
+
+from bench.bare import CALLS_PER_MESSAGE, run_bare
+from bench.budget import run_budget
+from bench.throughput import (
+    ROOT,
+    SAMPLE,
+    drive,
+    free_port,
+    give_slots,
+    start_sandbox,
+    worker_settings,
+)
+from sandbox.faults import ENDPOINT_IDS
+from worker.messaging.consumer import Worker
+from worker.messaging.topology import Names, remove
+from worker.ops.app import request_handler
+
+# A fault answers `times` calls and then leaves the queue: this many outlasts any run.
+FOREVER = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class Suite:
+    """What every section needs: the one sandbox, the broker and the command line."""
+
+    root: str  # http://127.0.0.1:PORT of the sandbox process
+    amqp_url: str
+    args: argparse.Namespace
+
+
+# --- the sandbox -----------------------------------------------------------------------------
+
+
+async def fresh_sandbox(root: str, requests: int, *, delay_seconds: float = 0.0) -> None:
+    """Back to the seed (no referrals, empty request log, no faults), slots enough for every
+    request, and, if asked, every e-RS call answered after `delay_seconds`."""
+    async with httpx.AsyncClient(base_url=f"{root}/_sandbox") as admin:
+        (await admin.post("/reset")).raise_for_status()
+        if delay_seconds > 0:
+            # `status: null` with a delay only slows the real answer (sandbox/README.md). A
+            # fault is taken per endpoint, so one on every endpoint slows every e-RS call.
+            for endpoint in ENDPOINT_IDS:
+                fault = {
+                    "endpoint": endpoint,
+                    "status": None,
+                    "times": FOREVER,
+                    "delay_seconds": delay_seconds,
+                }
+                (await admin.post("/faults", json=fault)).raise_for_status()
+    await give_slots(root, requests + 10)
+
+
+async def calls_per_referral(root: str) -> dict[str, float]:
+    """e-RS calls the sandbox logged since the last reset, per referral. Not a constant: the
+    saga pages A015 through every free slot (up to 5 pages of 20), so a run offered many slots
+    makes more calls per saga early on than the issue's 8. `mean` (every call over every saga,
+    A004's once-per-process fetch included) is what sets throughput under latency, by Little's
+    law; `median` is the typical saga."""
+    async with httpx.AsyncClient() as client:
+        response = await client.get(f"{root}/_sandbox/requests")
+        response.raise_for_status()
+    log: list[dict[str, Any]] = response.json()
+    # bench.throughput.drive gives each request its own correlation id, which the worker
+    # passes on as X-Correlation-ID: the log's calls group by saga.
+    per_saga = Counter(entry["correlation_id"] for entry in log)
+    counts = [n for key, n in per_saga.items() if key is not None]
+    return {
+        "median": float(statistics.median(counts)) if counts else 0.0,
+        "mean": round(len(log) / max(1, len(counts)), 2),
+    }
+
+
+# --- the worker, against a sandbox already running -------------------------------------------
+
+
+async def run_worker(
+    root: str, amqp_url: str, *, requests: int, concurrency: int, timeout: float | None = None
+) -> dict[str, Any]:
+    """bench.throughput.run without starting a sandbox (it has no way to be given one): the same
+    settings and `drive`."""
+    prefix = f"suite-{uuid.uuid4().hex[:8]}"
+    template = orjson.loads((ROOT / "samples" / SAMPLE["dbs"]).read_bytes())
+    with TemporaryDirectory() as scratch:
+        settings = worker_settings(root, amqp_url, prefix, concurrency, Path(scratch))
+        async with request_handler(settings) as handler:
+            worker = Worker(settings, handler)
+            await worker.start()
+            try:
+                figures = await asyncio.wait_for(
+                    drive(amqp_url, Names(prefix), template, requests, same_patient=False),
+                    timeout=timeout or max(120.0, requests * 0.5),
+                )
+            finally:
+                await worker.stop(grace_seconds=10)
+                await remove(amqp_url, Names(prefix), delays=settings.retry_delays)
+    return {"pipeline": "worker", "concurrency": concurrency, **figures}
+
+
+# --- sections --------------------------------------------------------------------------------
+
+
+def _line(label: str, figures: dict[str, Any], extra: str = "") -> None:
+    print(
+        f"  {label:18} {figures['throughput_per_s']:7.1f} /s  "
+        f"{figures['worker_cpu_ms_per_request']:7.2f} ms CPU/msg  "
+        f"outcomes {figures['outcomes']}{extra}",
+        flush=True,
+    )
+
+
+async def cpu_section(suite: Suite) -> None:
+    args = suite.args
+    print(
+        f"== cpu: bare pipeline ({args.bare_calls} POSTs/msg) against the worker, "
+        f"{args.requests} DBS requests, concurrency {args.concurrency}, {args.rounds} rounds",
+        flush=True,
+    )
+
+    async def bare(requests: int) -> dict[str, Any]:
+        await fresh_sandbox(suite.root, requests)
+        return await run_bare(
+            suite.root,
+            suite.amqp_url,
+            requests=requests,
+            concurrency=args.concurrency,
+            calls=args.bare_calls,
+        )
+
+    async def worker(requests: int) -> dict[str, Any]:
+        await fresh_sandbox(suite.root, requests)
+        figures = await run_worker(
+            suite.root, suite.amqp_url, requests=requests, concurrency=args.concurrency
+        )
+        return {**figures, "calls": await calls_per_referral(suite.root)}
+
+    # A discarded warm-up of each: the first run in a process pays for first-time imports,
+    # connection pools and the worker's reference data, which no later round does.
+    await worker(args.warmup)
+    await bare(args.warmup)
+    print(f"  (warm-up of {args.warmup} requests each, not counted)", flush=True)
+
+    cpu: dict[str, list[float]] = {"bare": [], "worker": []}
+    worker_calls: list[float] = []
+    for round_no in range(1, args.rounds + 1):
+        # Alternate which goes first, so neither always runs on a cooler or warmer machine.
+        order = ("bare", "worker") if round_no % 2 else ("worker", "bare")
+        for pipeline in order:
+            extra = ""
+            if pipeline == "bare":
+                figures = await bare(args.requests)
+            else:
+                figures = await worker(args.requests)
+                worker_calls.append(figures["calls"]["mean"])
+                calls = figures["calls"]
+                extra = f"  e-RS calls/referral mean {calls['mean']:g}, median {calls['median']:g}"
+            cpu[pipeline].append(figures["worker_cpu_ms_per_request"])
+            _line(f"round {round_no} {pipeline}", figures, extra)
+    bare_ms = statistics.median(cpu["bare"])
+    worker_ms = statistics.median(cpu["worker"])
+    calls_median = statistics.median(worker_calls)
+    print(
+        f"  median CPU per message: bare {bare_ms:.2f} ms, worker {worker_ms:.2f} ms, "
+        f"worker / bare {worker_ms / bare_ms:.1f}",
+        flush=True,
+    )
+    # The worker's saga made more (or fewer) calls than the bare pipeline's fixed count: per
+    # e-RS call the comparison does not depend on how many slots the sandbox offered.
+    per_call = (worker_ms / calls_median) / (bare_ms / args.bare_calls)
+    print(
+        f"  per e-RS call: bare {bare_ms / args.bare_calls:.2f} ms, worker "
+        f"{worker_ms / calls_median:.2f} ms ({calls_median:g} calls/referral), "
+        f"worker / bare {per_call:.1f}",
+        flush=True,
+    )
+
+
+async def latency_section(suite: Suite) -> None:
+    args = suite.args
+    latency = args.latency
+    print(f"== latency: every e-RS call answered after {latency * 1000:g} ms", flush=True)
+    for concurrency in args.latency_concurrency:
+        requests = args.latency_requests_per_slot * concurrency
+        await fresh_sandbox(suite.root, requests, delay_seconds=latency)
+        figures = await run_worker(
+            suite.root, suite.amqp_url, requests=requests, concurrency=concurrency
+        )
+        calls = await calls_per_referral(suite.root)
+        # Each saga makes its calls one after another, so `concurrency` sagas in flight can
+        # finish at most concurrency / (calls x latency) per second, calls being the mean.
+        ideal = concurrency / (calls["mean"] * latency)
+        throughput = figures["throughput_per_s"]
+        # Cores the worker process kept busy: near the machine's count, the run was bound by
+        # CPU rather than by latency.
+        cores = throughput * figures["worker_cpu_ms_per_request"] / 1000
+        _line(f"concurrency {concurrency}", figures)
+        print(
+            f"  {'':18} {requests} requests, e-RS calls/referral mean {calls['mean']:g} "
+            f"(median {calls['median']:g}), ideal {ideal:.1f} /s, "
+            f"fraction of ideal {throughput / ideal:.2f}, worker busy {cores:.2f} cores",
+            flush=True,
+        )
+
+
+async def budget_section(suite: Suite) -> None:
+    """Issue 10's shared budget: replicas against the sandbox's strict 10/s limit, clinical
+    priority under it, and a replica SIGKILLed on the way (bench.budget has the figures)."""
+    args = suite.args
+    requests = args.budget_requests
+    print(
+        f"== budget: {requests} referrals (~10 % 2WW) + one 2WW last, 3 replicas sharing "
+        f"10 e-RS calls/s through Redis, one SIGKILLed a third of the way",
+        flush=True,
+    )
+    # Slots for every request, not just the DBS ones: a saga offered more free slots pages
+    # A015 further, and a run that ran out of slots would defer sagas instead of booking.
+    await fresh_sandbox(suite.root, requests + 1)
+    report = await run_budget(
+        suite.root, suite.amqp_url, requests=requests, keep_logs=args.budget_logs
+    )
+    for line in report.lines:
+        print(line, flush=True)
+
+
+Section = Callable[[Suite], Awaitable[None]]
+# In the order a full run takes them; --only picks some. A new section is one entry here.
+SECTIONS: dict[str, Section] = {
+    "cpu": cpu_section,
+    "latency": latency_section,
+    "budget": budget_section,
+}
+
+
+async def run_suite(args: argparse.Namespace, amqp_url: str) -> None:
+    port = free_port()
+    sandbox = await start_sandbox(port)
+    suite = Suite(f"http://127.0.0.1:{port}", amqp_url, args)
+    try:
+        for name in args.only or list(SECTIONS):
+            await SECTIONS[name](suite)
+    finally:
+        sandbox.terminate()
+        await asyncio.wait_for(sandbox.wait(), timeout=10)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument(
+        "--only", action="append", choices=list(SECTIONS), help="run this section (repeatable)"
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=200, help="per cpu run")
+    parser.add_argument("--concurrency", type=int, default=50, help="of the cpu runs")
+    parser.add_argument(
+        "--bare-calls",
+        type=int,
+        default=CALLS_PER_MESSAGE,
+        help="POSTs per message of the bare pipeline (issue 10: a DBS referral costs 8)",
+    )
+    parser.add_argument("--warmup", type=int, default=20, help="requests per warm-up run")
+    parser.add_argument("--latency", type=float, default=0.1, help="seconds per e-RS call")
+    parser.add_argument(
+        "--latency-concurrency", type=int, nargs="+", default=[50, 200], metavar="N"
+    )
+    parser.add_argument(
+        "--latency-requests-per-slot",
+        type=int,
+        default=4,
+        metavar="K",
+        help="each latency run sends K x concurrency requests (K waves of sagas)",
+    )
+    parser.add_argument(
+        "--budget-requests",
+        type=int,
+        default=500,
+        metavar="N",
+        help="referrals in the budget run's backlog (at ~1 referral/s, 500 take ~7 min)",
+    )
+    parser.add_argument(
+        "--budget-logs", type=Path, metavar="DIR", help="keep the budget run's replica logs here"
+    )
+    args = parser.parse_args()
+    amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+    asyncio.run(run_suite(args, amqp_url))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
