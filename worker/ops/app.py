@@ -14,6 +14,7 @@ import httpx
 
 from worker.ers.budget import CallBudget
 from worker.ers.client import ErsClient, RetryPolicy
+from worker.ers.transport import AiohttpTransport
 from worker.fhir.build import specialty_system
 from worker.messaging.handler import Durability, RequestHandler
 from worker.messaging.tokens import MessageHeaderTokenProvider, StaticTokenProvider
@@ -35,11 +36,8 @@ from worker.store.sqlite import SqliteSagaStore
 def build_http_client(settings: Settings) -> httpx.AsyncClient:
     """The one place the HTTP transport for e-RS is chosen and sized."""
     return httpx.AsyncClient(
+        transport=AiohttpTransport(max_connections=settings.concurrency * 2),
         timeout=httpx.Timeout(settings.ers_timeout_seconds, connect=10.0),
-        limits=httpx.Limits(
-            max_connections=settings.concurrency * 2,
-            max_keepalive_connections=settings.concurrency,
-        ),
         follow_redirects=False,
     )
 

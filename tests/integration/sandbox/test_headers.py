@@ -3,6 +3,8 @@ correlation and request ids."""
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
@@ -127,6 +129,8 @@ async def test_correlation_id_is_echoed_and_request_id_is_fresh(
 
     log = await admin.requests()
     assert [entry["request_id"] for entry in log] == request_ids
+    arrived = [entry.pop("at") for entry in log]  # when each call arrived, in order
+    assert arrived == sorted(arrived) and abs(arrived[-1] - time.time()) < 60
     assert log[0] == {
         "endpoint": "A005",
         "method": "GET",

@@ -1,0 +1,216 @@
+"""``worker.ers.transport``: httpx over aiohttp, against a real local HTTP server.
+
+What matters most is what each failure is reported as: ``classify_transport`` sends a
+state-changing call again only when the error says e-RS never saw it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+from aiohttp import web
+
+from worker.ers.classify import classify_transport
+from worker.ers.transport import AiohttpTransport
+from worker.fhir.vocabulary import Endpoint
+from worker.saga.errors import ErsOutcomeUnknown, ErsTransientError
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@dataclass
+class Server:
+    url: str
+    seen: list[web.Request] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    handler: Handler | None = None
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[Server]:
+    srv = Server(url="")
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        srv.seen.append(request)
+        srv.bodies.append(await request.read())
+        assert srv.handler is not None
+        return await srv.handler(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    srv.url = f"http://127.0.0.1:{port}"
+    try:
+        yield srv
+    finally:
+        await runner.cleanup()
+
+
+def client(max_connections: int = 10) -> httpx.AsyncClient:
+    return httpx.AsyncClient(
+        transport=AiohttpTransport(max_connections=max_connections),
+        timeout=httpx.Timeout(5.0, connect=1.0),
+    )
+
+
+async def test_a_call_goes_and_comes_back_as_httpx_sent_and_read_it(server: Server) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        body = gzip.compress(b'{"resourceType": "ReferralRequest"}')
+        return web.Response(
+            status=201,
+            body=body,
+            headers={
+                "Content-Type": "application/fhir+json",
+                "Content-Encoding": "gzip",
+                "ETag": 'W/"3"',
+            },
+        )
+
+    server.handler = answer
+    async with client() as http:
+        response = await http.request(
+            "POST",
+            f"{server.url}/STU3/ReferralRequest/$ers.createReferral",
+            content=b'{"a": 1}',
+            headers={"X-Correlation-ID": "c-1", "Content-Type": "application/fhir+json"},
+            params={"schedule.actor:HealthcareService": "11002", "_count": 20},
+        )
+
+    assert response.status_code == 201
+    assert response.content == b'{"resourceType": "ReferralRequest"}'  # decoded by httpx
+    assert response.headers["ETag"] == 'W/"3"'
+    sent = server.seen[0]
+    assert sent.method == "POST"
+    assert sent.raw_path == (
+        "/STU3/ReferralRequest/$ers.createReferral"
+        "?schedule.actor%3AHealthcareService=11002&_count=20"
+    )
+    assert server.bodies[0] == b'{"a": 1}'
+    assert sent.headers["X-Correlation-ID"] == "c-1"
+    assert sent.headers["Content-Type"] == "application/fhir+json"
+    # httpx's own defaults, none of aiohttp's
+    assert sent.headers["User-Agent"].startswith("python-httpx/")
+
+
+async def test_a_post_without_a_body_gets_no_content_type_of_aiohttps(server: Server) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"%PDF", headers={"Content-Type": "application/pdf"})
+
+    server.handler = answer
+    async with client() as http:
+        response = await http.request("POST", f"{server.url}/STU3/x/$ers.generatePatientLetter")
+
+    assert response.content == b"%PDF"
+    assert "Content-Type" not in server.seen[0].headers
+
+
+async def test_the_transport_keeps_no_cookie_jar_of_its_own(server: Server) -> None:
+    # Cookies are the httpx client's business: aiohttp must not add a second jar under it.
+    async def answer(request: web.Request) -> web.Response:
+        response = web.Response(text="{}")
+        response.set_cookie("affinity", "user-a")
+        return response
+
+    server.handler = answer
+    transport = AiohttpTransport(max_connections=10)
+    async with transport:
+        for path in ("a", "b"):
+            request = httpx.Request("GET", f"{server.url}/STU3/{path}")
+            await transport.handle_async_request(request)
+
+    assert "Cookie" not in server.seen[1].headers
+
+
+async def test_a_refused_connection_is_a_call_never_sent() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with client() as http:
+        with pytest.raises(httpx.ConnectError) as caught:
+            await http.request("POST", f"http://127.0.0.1:{port}/STU3/ReferralRequest")
+
+    assert type(classify_transport(Endpoint.A011, caught.value)) is ErsTransientError
+
+
+async def test_waiting_too_long_for_a_pooled_connection_is_a_call_never_sent(
+    server: Server,
+) -> None:
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        await release.wait()
+        return web.Response(text="{}")
+
+    server.handler = slow
+    http = httpx.AsyncClient(
+        transport=AiohttpTransport(max_connections=1),
+        timeout=httpx.Timeout(5.0, pool=0.2),
+    )
+    async with http:
+        first = asyncio.create_task(http.request("GET", f"{server.url}/STU3/slow"))
+        await asyncio.sleep(0.1)
+        with pytest.raises(httpx.ConnectTimeout) as caught:
+            await http.request("POST", f"{server.url}/STU3/ReferralRequest")
+        release.set()
+        await first
+
+    assert len(server.seen) == 1  # the second call never reached the server
+    assert type(classify_transport(Endpoint.A011, caught.value)) is ErsTransientError
+
+
+async def test_a_connection_dropped_after_the_request_is_an_unknown_effect(
+    server: Server,
+) -> None:
+    async def drop(request: web.Request) -> web.Response:
+        assert request.transport is not None
+        request.transport.close()  # the server acted, then the answer was lost
+        raise web.HTTPInternalServerError
+
+    server.handler = drop
+    async with client() as http:
+        with pytest.raises(httpx.ReadError) as caught:
+            await http.request("POST", f"{server.url}/STU3/ReferralRequest", content=b"{}")
+
+    assert len(server.seen) == 1  # sent once: never retried behind the client's back
+    assert type(classify_transport(Endpoint.A011, caught.value)) is ErsOutcomeUnknown
+
+
+async def test_no_answer_in_time_is_a_read_timeout_and_an_unknown_effect(
+    server: Server,
+) -> None:
+    async def silent(request: web.Request) -> web.Response:
+        await asyncio.sleep(2)
+        return web.Response(text="{}")
+
+    server.handler = silent
+    async with client() as http:
+        with pytest.raises(httpx.ReadTimeout) as caught:
+            await http.request("POST", f"{server.url}/STU3/Appointment", timeout=0.2)
+
+    assert type(classify_transport(Endpoint.A016, caught.value)) is ErsOutcomeUnknown
+
+
+@pytest.mark.parametrize(
+    "headers", [{"X-Bad": "a\r\nInjected: yes"}, {"X-Bad\n": "a"}, {"X-Bad": "a\x00"}]
+)
+async def test_a_header_that_cannot_be_sent_is_refused_before_anything_goes(
+    server: Server, headers: dict[str, str]
+) -> None:
+    async with client() as http:
+        with pytest.raises(httpx.ReadError) as caught:
+            await http.request("POST", f"{server.url}/STU3/Binary", headers=headers)
+
+    assert server.seen == []
+    # aiohttp's ValueError cannot say when it arose, so it counts as an unknown effect:
+    # checked, never sent again blindly (a bad token is refused long before, TOKEN_MALFORMED).
+    assert type(classify_transport(Endpoint.A020, caught.value)) is ErsOutcomeUnknown
