@@ -205,3 +205,29 @@ async def test_a_restarted_replica_frees_its_own_leases_and_no_other(store: Saga
     freed, kept = await store.load("req-1"), await store.load("req-2")
     assert freed is not None and freed.owner is None
     assert kept is not None and kept.owner == "ers-worker-10/bbbb"
+
+
+async def test_writes_committed_together_each_keep_their_own_answer(store: SagaStore) -> None:
+    # SQLite commits the writes that arrive together in one transaction: each caller still
+    # hears about its own write, and one lost lease fails that caller only.
+    ids = [f"req-{i}" for i in range(20)]
+    for i, request_id in enumerate(ids):
+        await store.claim(saga(request_id), f"patient-{i}", "a", LEASE, now=100.0)
+    moved = {
+        request_id: saga(request_id).model_copy(update={"step": Step.CREATE, "ubrn": f"{i:012}"})
+        for i, request_id in enumerate(ids)
+    }
+
+    results = await asyncio.gather(
+        *(
+            store.checkpoint(state, "b" if request_id == "req-7" else "a", LEASE, now=101.0)
+            for request_id, state in moved.items()
+        ),
+        return_exceptions=True,
+    )
+
+    assert [type(r) for r in results] == [LeaseLost if i == 7 else type(None) for i in range(20)]
+    for request_id in ids:
+        stored = await store.load(request_id)
+        assert stored is not None
+        assert stored.state == (saga(request_id) if request_id == "req-7" else moved[request_id])

@@ -1,23 +1,34 @@
 """The embedded saga store: SQLite in WAL mode, for a single worker replica.
 
-aiosqlite runs the sqlite3 calls on a thread of its own, so the event loop never blocks on
-disk. ``BEGIN IMMEDIATE`` makes each claim a serialised write transaction, which is what
-keeps two claims for one request or one patient apart (also against another process on the
-same file). Within the process, one connection is shared, so every statement runs under one
-lock: a checkpoint must never slip into another task's open claim transaction.
+Every statement runs on one thread of the store's own (the sqlite3 connection never leaves
+it), so the event loop never blocks on disk, and each operation is one trip to that thread:
+
+- a claim is one ``BEGIN IMMEDIATE`` transaction run whole on the thread, which keeps two
+  claims for one request or one patient apart (also against another process on the same
+  file); no other statement can slip into it, since the thread runs one thing at a time;
+- the writes of running sagas (checkpoints, write-ahead marks, finish, release) are
+  *group-committed*: those that arrive while the thread is busy go together in the next
+  transaction, one commit (one fsync, ``synchronous=FULL``) for all of them. Each caller
+  is answered only after the commit that holds its write, so a write-ahead mark is on disk
+  before its call is sent, exactly as with a commit of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
-
-import aiosqlite
+from typing import Any, TypeVar
 
 from worker.saga import claims
 from worker.saga.state import SagaState
 from worker.saga.store import Claim, LeaseLost, StoredSaga
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ers_sagas (
@@ -62,34 +73,97 @@ def _stored(row: Any) -> StoredSaga:
     )
 
 
+@dataclass(slots=True)
+class _Write:
+    sql: str
+    params: tuple[Any, ...]
+    done: asyncio.Future[int] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def _in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
+    """On the store's thread: ``work`` in one write transaction, rolled back if anything in
+    it (the commit too) fails, so that no later statement runs inside a stale transaction."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        result = work()
+        db.execute("COMMIT")
+    except BaseException:
+        if db.in_transaction:
+            db.execute("ROLLBACK")
+        raise
+    return result
+
+
+def _run_writes(
+    db: sqlite3.Connection, batch: list[tuple[str, tuple[Any, ...]]]
+) -> list[int | sqlite3.Error]:
+    """On the store's thread: the batch in one transaction, each statement's row count.
+
+    Should the transaction fail, each write is tried on its own, so that one bad statement
+    fails its own caller only."""
+    if len(batch) > 1:
+        try:
+            return _in_transaction(db, lambda: [db.execute(*w).rowcount for w in batch])
+        except sqlite3.Error:
+            pass
+    results: list[int | sqlite3.Error] = []
+    for write in batch:
+        try:
+            results.append(db.execute(*write).rowcount)
+        except sqlite3.Error as exc:
+            results.append(exc)
+    return results
+
+
 class SqliteSagaStore:
-    def __init__(self, connection: aiosqlite.Connection) -> None:
-        self._db = connection
-        self._lock = asyncio.Lock()
+    def __init__(self, db: sqlite3.Connection, thread: ThreadPoolExecutor) -> None:
+        self._db = db
+        self._thread = thread
+        self._queued: list[_Write] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
     async def open(cls, path: Path) -> SqliteSagaStore:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = await aiosqlite.connect(path, isolation_level=None)
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")  # a checkpoint must survive power loss
-        await db.execute("PRAGMA busy_timeout=5000")
-        await db.executescript(SCHEMA)
-        # Stores made before the column existed get it on start-up (SQLite has no
-        # ADD COLUMN IF NOT EXISTS).
-        async with db.execute("PRAGMA table_info(ers_sagas)") as cursor:
-            columns = {row[1] for row in await cursor.fetchall()}
-        for column in ("fingerprint", "content_fingerprint"):
-            if column not in columns:
-                await db.execute(f"ALTER TABLE ers_sagas ADD COLUMN {column} TEXT")
-        return cls(db)
+        # One worker: the connection is made, used and closed on that thread alone.
+        thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saga-store")
+
+        def connect() -> sqlite3.Connection:
+            db = sqlite3.connect(path, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")  # a checkpoint must survive power loss
+            db.execute("PRAGMA busy_timeout=5000")
+            db.executescript(SCHEMA)
+            # Stores made before the column existed get it on start-up (SQLite has no
+            # ADD COLUMN IF NOT EXISTS).
+            columns = {row[1] for row in db.execute("PRAGMA table_info(ers_sagas)")}
+            for column in ("fingerprint", "content_fingerprint"):
+                if column not in columns:
+                    db.execute(f"ALTER TABLE ers_sagas ADD COLUMN {column} TEXT")
+            return db
+
+        try:
+            db = await asyncio.get_running_loop().run_in_executor(thread, connect)
+        except BaseException:
+            thread.shutdown(wait=False)
+            raise
+        return cls(db, thread)
+
+    async def _on_thread(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        # Once started, ``work`` runs to its end even if the caller is cancelled: a
+        # transaction is never left open on the connection.
+        return await asyncio.get_running_loop().run_in_executor(self._thread, work, self._db)
 
     async def close(self) -> None:
-        await self._db.close()
+        if self._flusher is not None:
+            await asyncio.shield(self._flusher)
+        await self._on_thread(sqlite3.Connection.close)
+        self._thread.shutdown(wait=False)
 
     async def ping(self) -> None:
-        async with self._lock, self._db.execute("SELECT 1") as cursor:
-            await cursor.fetchone()
+        await self._on_thread(lambda db: db.execute("SELECT 1").fetchone())
 
     async def claim(
         self,
@@ -101,87 +175,66 @@ class SqliteSagaStore:
         fingerprint: str = "",
         content_fingerprint: str = "",
     ) -> Claim:
-        db = self._db
-
-        async def transaction() -> Claim:
-            async with self._lock:
-                await db.execute("BEGIN IMMEDIATE")
-                try:
-                    claim = await self._claim(
-                        initial,
-                        patient_key,
-                        owner,
-                        lease_seconds,
-                        now,
-                        fingerprint,
-                        content_fingerprint,
-                    )
-                except BaseException:
-                    await db.execute("ROLLBACK")
-                    raise
-                await db.execute("COMMIT")
-                return claim
-
-        # Shielded: a cancelled task must not leave a transaction open on the shared
-        # connection, where other tasks' checkpoints would join it.
-        return await asyncio.shield(transaction())
-
-    async def _claim(
-        self,
-        initial: SagaState,
-        patient_key: str,
-        owner: str,
-        lease_seconds: float,
-        now: float,
-        fingerprint: str = "",
-        content_fingerprint: str = "",
-    ) -> Claim:
-        db = self._db
-        request_id = initial.request_id
-        async with db.execute(_SELECT, (request_id,)) as cursor:
-            row = await cursor.fetchone()
-        stored = _stored(row) if row else None
-        answer = claims.settled(stored, fingerprint, now, content_fingerprint=content_fingerprint)
-        if answer is not None:
-            return answer
-        async with db.execute(
-            "SELECT 1 FROM ers_sagas WHERE patient_key = ? AND request_id <> ? "
-            "AND owner IS NOT NULL AND lease_until > ? LIMIT 1",
-            (patient_key, request_id, now),
-        ) as cursor:
-            if await cursor.fetchone():
-                return claims.patient_busy(stored)
-        lease_until = now + lease_seconds
-        if stored:
-            await db.execute(
-                "UPDATE ers_sagas SET owner = ?, lease_until = ?, patient_key = ?, "
-                "claims = claims + 1, updated_at = ? WHERE request_id = ?",
-                (owner, lease_until, patient_key, now, request_id),
+        def transaction(db: sqlite3.Connection) -> Claim:
+            return _in_transaction(
+                db,
+                lambda: _claim(
+                    db,
+                    initial,
+                    patient_key,
+                    owner,
+                    lease_seconds,
+                    now,
+                    fingerprint,
+                    content_fingerprint,
+                ),
             )
-            return claims.taken(stored, initial)
-        await db.execute(
-            "INSERT INTO ers_sagas (request_id, state, step, patient_key, owner, lease_until, "
-            "claims, created_at, updated_at, fingerprint, content_fingerprint) "
-            "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
-            (
-                request_id,
-                initial.model_dump_json(),
-                initial.step.value,
-                patient_key,
-                owner,
-                lease_until,
-                now,
-                now,
-                fingerprint or None,
-                content_fingerprint or None,
-            ),
-        )
-        return claims.taken(None, initial)
+
+        return await self._on_thread(transaction)
+
+    async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        """The row count of ``sql``, once it is committed with whatever else was waiting."""
+        write = _Write(sql, params)
+        self._queued.append(write)
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._flush())
+        return await write.done
+
+    async def _flush(self) -> None:
+        try:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                # A caller cancelled before its write went is answered by nothing; its write
+                # is dropped, as it was before when it waited for the connection's lock.
+                batch = [w for w in batch if not w.done.cancelled()]
+                if batch:
+                    await self._commit(batch)
+        finally:
+            self._flusher = None
+
+    async def _commit(self, batch: list[_Write]) -> None:
+        work = partial(_run_writes, batch=[(w.sql, w.params) for w in batch])
+        try:
+            results: list[int | sqlite3.Error] = await self._on_thread(work)
+        except asyncio.CancelledError:
+            for w in batch:
+                w.done.cancel()
+            raise
+        except Exception as exc:  # the store is closed: every caller hears it
+            for w in batch:
+                if not w.done.done():
+                    w.done.set_exception(exc)
+            return
+        for w, result in zip(batch, results, strict=True):
+            if w.done.done():  # its caller was cancelled while the batch ran
+                continue
+            if isinstance(result, sqlite3.Error):
+                w.done.set_exception(result)
+            else:
+                w.done.set_result(result)
 
     async def _update(self, sql: str, params: tuple[Any, ...]) -> None:
-        async with self._lock:
-            cursor = await self._db.execute(sql, params)
-        if cursor.rowcount != 1:
+        if await self._write(sql, params) != 1:
             raise LeaseLost("the saga's lease is held by another owner")
 
     async def checkpoint(
@@ -240,34 +293,78 @@ class SqliteSagaStore:
         )
 
     async def release_leases_of(self, replica: str) -> int:
-        async with self._lock:
-            cursor = await self._db.execute(
-                "UPDATE ers_sagas SET owner = NULL, lease_until = NULL "
-                "WHERE substr(owner, 1, ?) = ?",
-                (len(replica) + 1, replica + "/"),
-            )
-        return cursor.rowcount
+        return await self._write(
+            "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE substr(owner, 1, ?) = ?",
+            (len(replica) + 1, replica + "/"),
+        )
 
     async def release_all_leases(self) -> int:
-        async with self._lock:
-            cursor = await self._db.execute(
-                "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL"
-            )
-        return cursor.rowcount
+        return await self._write(
+            "UPDATE ers_sagas SET owner = NULL, lease_until = NULL WHERE owner IS NOT NULL", ()
+        )
 
     async def ubrn_holder(self, ubrn: str) -> str | None:
         # A scan, but only when a create's answer was lost: rare, and the table is local.
-        async with (
-            self._lock,
-            self._db.execute(
+        row = await self._on_thread(
+            lambda db: db.execute(
                 "SELECT request_id FROM ers_sagas WHERE json_extract(state, '$.ubrn') = ? LIMIT 1",
                 (ubrn,),
-            ) as cursor,
-        ):
-            row = await cursor.fetchone()
+            ).fetchone()
+        )
         return str(row[0]) if row else None
 
     async def load(self, request_id: str) -> StoredSaga | None:
-        async with self._lock, self._db.execute(_SELECT, (request_id,)) as cursor:
-            row = await cursor.fetchone()
+        row = await self._on_thread(lambda db: db.execute(_SELECT, (request_id,)).fetchone())
         return _stored(row) if row else None
+
+
+def _claim(
+    db: sqlite3.Connection,
+    initial: SagaState,
+    patient_key: str,
+    owner: str,
+    lease_seconds: float,
+    now: float,
+    fingerprint: str,
+    content_fingerprint: str,
+) -> Claim:
+    """On the store's thread, inside the claim's transaction."""
+    request_id = initial.request_id
+    row = db.execute(_SELECT, (request_id,)).fetchone()
+    stored = _stored(row) if row else None
+    answer = claims.settled(stored, fingerprint, now, content_fingerprint=content_fingerprint)
+    if answer is not None:
+        return answer
+    busy = db.execute(
+        "SELECT 1 FROM ers_sagas WHERE patient_key = ? AND request_id <> ? "
+        "AND owner IS NOT NULL AND lease_until > ? LIMIT 1",
+        (patient_key, request_id, now),
+    ).fetchone()
+    if busy:
+        return claims.patient_busy(stored)
+    lease_until = now + lease_seconds
+    if stored:
+        db.execute(
+            "UPDATE ers_sagas SET owner = ?, lease_until = ?, patient_key = ?, "
+            "claims = claims + 1, updated_at = ? WHERE request_id = ?",
+            (owner, lease_until, patient_key, now, request_id),
+        )
+        return claims.taken(stored, initial)
+    db.execute(
+        "INSERT INTO ers_sagas (request_id, state, step, patient_key, owner, lease_until, "
+        "claims, created_at, updated_at, fingerprint, content_fingerprint) "
+        "VALUES (?, ?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
+        (
+            request_id,
+            initial.model_dump_json(),
+            initial.step.value,
+            patient_key,
+            owner,
+            lease_until,
+            now,
+            now,
+            fingerprint or None,
+            content_fingerprint or None,
+        ),
+    )
+    return claims.taken(None, initial)
