@@ -43,6 +43,7 @@ import httpx
 import orjson
 from aio_pika.abc import AbstractExchange, AbstractIncomingMessage
 
+from sandbox.budget import most_in_one_second
 from worker.messaging.publish import publish_request
 from worker.messaging.topology import DEFAULT_RETRY_DELAYS, Names, remove
 from worker.ops.samples import mixed_batch
@@ -85,17 +86,6 @@ def free_port() -> int:
 
 
 # --- figures from the sandbox log --------------------------------------------------------
-
-
-def most_in_one_second(times: list[float]) -> int:
-    """The most calls in any 1-second window, as the sandbox's strict limiter counts them."""
-    times = sorted(times)
-    most, start = 0, 0
-    for end, at in enumerate(times):
-        while times[start] <= at - 1.0:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 def rate(times: list[float], start: float, end: float) -> float:

@@ -40,3 +40,15 @@ class Budget:
             return None
         self.refused += 1
         return max(1, math.ceil(self._admitted[0] + 1.0 - now))
+
+
+def most_in_one_second(times: list[float]) -> int:
+    """The most of these calls (epoch seconds) in any 1-second window, as ``Budget`` counts:
+    what the benchmarks and tests check a client's spacing against."""
+    times = sorted(times)
+    most, start = 0, 0
+    for end, at in enumerate(times):
+        while times[start] <= at - 1.0:
+            start += 1
+        most = max(most, end - start + 1)
+    return most

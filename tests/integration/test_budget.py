@@ -19,6 +19,7 @@ import asyncpg
 import httpx
 import pytest
 
+from sandbox.budget import most_in_one_second
 from schemas.referral_request import Priority
 from tests.harness import Harness, mixed_batch
 from tests.integration.test_saga_store import POSTGRES_DSN
@@ -88,17 +89,6 @@ async def replicas(harness: Harness) -> AsyncIterator[Replicas]:
     finally:
         for process in group.processes:
             await process.kill()
-
-
-def most_in_one_second(times: list[float]) -> int:
-    """The most calls in any 1-second window, as a strict sliding-window limiter counts."""
-    times = sorted(times)
-    most, start = 0, 0
-    for end, at in enumerate(times):
-        while times[start] <= at - 1.0:
-            start += 1
-        most = max(most, end - start + 1)
-    return most
 
 
 async def run_batch(harness: Harness, count: int, timeout: float = 120) -> list[dict[str, Any]]:

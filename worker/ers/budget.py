@@ -88,7 +88,6 @@ class CallBudget:
     ) -> None:
         self._metrics = metrics
         self._clock = clock
-        self._key = key
         self._pause_key = f"{key}:paused-until-ms"
         self._redis: RedisStore | None = None
         self._shared: Throttled | None = None
