@@ -418,8 +418,10 @@ async def _drive(
 
 
 LATE = "late-2ww-"
-LATE_EVERY_SECONDS = 15.0
-LATE_MOST = 12
+# One every 6 s: enough of them for a p95 that is not simply the slowest of a handful,
+# few enough (0.17 referrals/s, ~1.3 calls/s of the 9.8) to leave the backlog routine.
+LATE_EVERY_SECONDS = 6.0
+LATE_MOST = 40
 
 
 async def _late_two_week_waits(
@@ -533,13 +535,36 @@ def _figures(
                 f"p50 {percentile(waits, 50):6.1f} s  p95 {percentile(waits, 95):6.1f} s  "
                 f"max {max(waits):6.1f} s"
             )
-    late = [s.outcome - s.published for c, s in sent.items() if c.startswith(LATE) and s.outcome]
+    late = {c: s for c, s in sent.items() if c.startswith(LATE) and s.outcome is not None}
     if late:
+        waits = [s.outcome - s.published for s in late.values() if s.outcome is not None]
         report.add(
-            f"  2WW arriving one at a time behind the routine backlog: n={len(late)}  "
-            f"p50 {percentile(late, 50):.1f} s  p95 {percentile(late, 95):.1f} s  "
-            f"max {max(late):.1f} s"
+            f"  2WW arriving one at a time behind the routine backlog: n={len(waits)}  "
+            f"p50 {percentile(waits, 50):.1f} s  p95 {percentile(waits, 95):.1f} s  "
+            f"max {max(waits):.1f} s"
         )
+        # The priority target is about queueing, the kill about recovery: a 2WW in flight
+        # when a replica died may have been the dead replica's, and then waits out its
+        # lease. Both figures are printed; neither hides the other.
+        in_flight = [
+            s.outcome - s.published
+            for s in late.values()
+            if killed_at is not None
+            and s.outcome is not None
+            and s.published <= killed_at < s.outcome
+        ]
+        apart = [
+            s.outcome - s.published
+            for s in late.values()
+            if s.outcome is not None
+            and not (killed_at is not None and s.published <= killed_at < s.outcome)
+        ]
+        if apart:
+            report.add(
+                f"    not in flight at the kill: n={len(apart)}  p50 {percentile(apart, 50):.1f} s"
+                f"  p95 {percentile(apart, 95):.1f} s  max {max(apart):.1f} s; in flight at the "
+                f"kill: {', '.join(f'{w:.1f} s' for w in in_flight) or 'none'}"
+            )
     last = sent["last-2ww"]
     if last.outcome is not None:
         before = sum(
