@@ -130,6 +130,26 @@ async def test_the_transport_keeps_no_cookie_jar(server: Server) -> None:
     assert "Cookie" not in server.seen[1].headers
 
 
+async def test_the_environments_proxy_carries_the_calls(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As aiohttp's trust_env reads it, looked up once rather than on a thread per call.
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text="{}")
+
+    server.handler = answer
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    async with client() as http:
+        for path in ("a", "b"):
+            answered = await http.send("GET", f"http://ers.invalid/STU3/{path}", {}, None)
+            assert answered.status == 200
+
+    assert [request.host for request in server.seen] == ["ers.invalid", "ers.invalid"]
+    assert [request.path for request in server.seen] == ["/STU3/a", "/STU3/b"]
+
+
 async def test_a_refused_connection_is_a_call_never_sent() -> None:
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
