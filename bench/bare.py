@@ -97,7 +97,7 @@ async def run_bare(
     template = orjson.loads((ROOT / "samples" / SAMPLE["dbs"]).read_bytes())
     url = root + SEARCH_PATH
     connection = await aio_pika.connect(amqp_url)
-    # The worker sizes its HTTP pool the same way (worker.ops.app.build_http_client).
+    # The worker sizes its HTTP pool the same way (worker.ops.app.build_wire).
     connector = aiohttp.TCPConnector(limit=concurrency * 2)
     async with connection, aiohttp.ClientSession(connector=connector) as http:
         consuming = await connection.channel()

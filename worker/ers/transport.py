@@ -1,15 +1,19 @@
-"""httpx's API over aiohttp's connection pool, with failures named as safety needs them.
+"""e-RS calls over aiohttp's connection pool, with failures named as safety needs them.
 
 Measured on this machine (docs/performance.md): httpcore's pool walks every connection for
 each request and each answer, so its CPU per call grows with concurrency; aiohttp's does
-not. The client (``worker.ers.client``) keeps httpx's API, so its unit tests still run on
-``httpx.MockTransport``.
+not. httpx's request and response models on top of aiohttp still cost ~2 ms of CPU per DBS
+referral (building an ``httpx.Request``, its URL, headers and streams, then a response), so
+the client (``worker.ers.client``) talks to this ``Wire`` directly: a method, an encoded URL,
+headers and a body out; a status, headers and the decoded body back. Unit tests of the
+client put a fake ``Wire`` in its place (the one seam), over ``httpx.MockTransport``.
 
-Why not the ``httpx-aiohttp`` package: it maps every ``aiohttp.ClientConnectionError``
+Failures keep httpx's names, which ``worker.ers.classify`` reads as the one home of "was it
+sent?". Why not the ``httpx-aiohttp`` package: it maps every ``aiohttp.ClientConnectionError``
 to ``httpx.ConnectTimeout``, a connection dropped *after* the request went out included.
-``worker.ers.classify`` reads ConnectError and ConnectTimeout as "surely not sent", so a
-create whose answer was lost would be sent again: a duplicate referral. Here only what
-aiohttp raises before a byte is written is a connect failure:
+``classify`` reads ConnectError and ConnectTimeout as "surely not sent", so a create whose
+answer was lost would be sent again: a duplicate referral. Here only what aiohttp raises
+before a byte is written is a connect failure:
 
 - ``ClientConnectorError`` (refused, unreachable, TLS handshake) -> ``httpx.ConnectError``;
 - ``ConnectionTimeoutError`` (no pooled or new connection in time) -> ``httpx.ConnectTimeout``;
@@ -21,18 +25,96 @@ aiohttp raises before a byte is written is a connect failure:
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Protocol, Self
 
 import aiohttp
 import httpx
 import yarl
+from aiohttp.helpers import get_env_proxy_for_url
+
+USER_AGENT = "ers-worker"
 
 
-class AiohttpTransport(httpx.AsyncBaseTransport):
-    def __init__(self, *, max_connections: int, keepalive_seconds: float = 15.0) -> None:
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """An HTTP answer as the client reads it: headers looked up case-insensitively."""
+
+    status: int
+    headers: Mapping[str, str]
+    content: bytes
+
+    @property
+    def is_success(self) -> bool:
+        return 200 <= self.status < 300
+
+
+class Wire(Protocol):
+    """Where e-RS calls go: ``AiohttpWire``, or a fake in the client's unit tests."""
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        timeout: float | None = None,
+    ) -> Answer:
+        """Send one request (``url`` already encoded, its query included); ``timeout``, if
+        given, bounds every phase of this call instead of the wire's defaults. Failures
+        raise ``httpx.TransportError`` kinds, named as this module's docstring says."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpWire:
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        timeout_seconds: float,
+        connect_timeout_seconds: float,
+        pool_timeout_seconds: float | None = None,
+        keepalive_seconds: float = 15.0,
+    ) -> None:
         self._limit = max_connections
         self._keepalive = keepalive_seconds
+        # ``connect``: waiting for a pooled or new connection (httpx's pool timeout);
+        # ``sock_connect``: the TCP/TLS connect; ``sock_read``: each wait for answer bytes.
+        self._default = aiohttp.ClientTimeout(
+            total=None,
+            connect=timeout_seconds if pool_timeout_seconds is None else pool_timeout_seconds,
+            sock_connect=connect_timeout_seconds,
+            sock_read=timeout_seconds,
+        )
         self._session: aiohttp.ClientSession | None = None
+        # (scheme, host) -> the proxy the environment names for it, looked up once.
+        self._proxies: dict[
+            tuple[str, str | None], tuple[yarl.URL | None, aiohttp.BasicAuth | None]
+        ] = {}
+
+    def _proxy(self, url: yarl.URL) -> tuple[yarl.URL | None, aiohttp.BasicAuth | None]:
+        """HTTP(S)_PROXY and NO_PROXY as aiohttp's ``trust_env`` reads them, but once per
+        origin: with ``trust_env`` aiohttp looks them up (and reads ~/.netrc) on a thread
+        for every request, two thread hops per e-RS call (~16 per DBS referral)."""
+        key = (url.scheme, url.host)
+        if key not in self._proxies:
+            try:
+                self._proxies[key] = get_env_proxy_for_url(url)
+            except LookupError:
+                self._proxies[key] = (None, None)
+        return self._proxies[key]
+
+    def _timeout(self, seconds: float | None) -> aiohttp.ClientTimeout:
+        if seconds is None:
+            return self._default
+        return aiohttp.ClientTimeout(
+            total=None, connect=seconds, sock_connect=seconds, sock_read=seconds
+        )
 
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running loop (aiohttp binds its session to it).
@@ -44,49 +126,61 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             # user's answer set must never travel on another user's request.
             self._session = aiohttp.ClientSession(
                 connector=connector,
-                auto_decompress=False,
-                trust_env=True,
+                trust_env=False,  # the proxy: ``_proxy``
                 cookie_jar=aiohttp.DummyCookieJar(),
+                headers={"User-Agent": USER_AGENT},
             )
         return self._session
 
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        timeout: dict[str, Any] = request.extensions.get("timeout", {})
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        timeout: float | None = None,
+    ) -> Answer:
+        # As the client encoded it: yarl would otherwise re-quote the query.
+        target = yarl.URL(url, encoded=True)
+        proxy, proxy_auth = self._proxy(target)
         try:
             async with self._client().request(
-                request.method,
-                # As httpx encoded it: yarl would otherwise re-quote the query.
-                yarl.URL(str(request.url), encoded=True),
-                headers=request.headers.multi_items(),
-                data=request.content or None,
+                method,
+                target,
+                proxy=proxy,
+                proxy_auth=proxy_auth,
+                headers=headers,
+                data=body or None,
                 allow_redirects=False,
                 compress=False,
-                # httpx sets what the call needs; aiohttp would add application/octet-stream
-                # to a POST without a body (A019), which e-RS does not expect.
+                # The client sets what the call needs; aiohttp would add
+                # application/octet-stream to a POST without a body (A019), which e-RS does
+                # not expect.
                 skip_auto_headers=("Content-Type",),
-                timeout=aiohttp.ClientTimeout(
-                    total=None,
-                    connect=timeout.get("pool"),
-                    sock_connect=timeout.get("connect"),
-                    sock_read=timeout.get("read"),
-                ),
+                timeout=self._timeout(timeout),
             ) as response:
-                content = await response.read()
-                return httpx.Response(
-                    status_code=response.status,
-                    # Set-Cookie withheld from httpx too, which would keep it for every user.
-                    headers=[h for h in response.raw_headers if h[0].lower() != b"set-cookie"],
-                    content=content,
-                    request=request,
-                )
+                content = await response.read()  # gzip or deflate decoded by aiohttp
+                return Answer(response.status, response.headers, content)
         except aiohttp.ClientConnectorError as exc:
-            raise httpx.ConnectError(type(exc).__name__, request=request) from exc
+            raise httpx.ConnectError(type(exc).__name__) from exc
         except aiohttp.ConnectionTimeoutError as exc:
-            raise httpx.ConnectTimeout(type(exc).__name__, request=request) from exc
+            raise httpx.ConnectTimeout(type(exc).__name__) from exc
         except TimeoutError as exc:  # aiohttp's socket timeouts are TimeoutErrors too
-            raise httpx.ReadTimeout(type(exc).__name__, request=request) from exc
+            raise httpx.ReadTimeout(type(exc).__name__) from exc
         except (aiohttp.ClientError, ValueError) as exc:
-            raise httpx.ReadError(type(exc).__name__, request=request) from exc
+            raise httpx.ReadError(type(exc).__name__) from exc
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
     async def aclose(self) -> None:
         if self._session is not None:

@@ -10,11 +10,9 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import httpx
-
 from worker.ers.budget import CallBudget
 from worker.ers.client import ErsClient, RetryPolicy
-from worker.ers.transport import AiohttpTransport
+from worker.ers.transport import AiohttpWire
 from worker.fhir.build import specialty_system
 from worker.messaging.handler import Durability, RequestHandler
 from worker.messaging.tokens import MessageHeaderTokenProvider, StaticTokenProvider
@@ -33,12 +31,12 @@ from worker.store.postgres import PostgresSagaStore
 from worker.store.sqlite import SqliteSagaStore
 
 
-def build_http_client(settings: Settings) -> httpx.AsyncClient:
+def build_wire(settings: Settings) -> AiohttpWire:
     """The one place the HTTP transport for e-RS is chosen and sized."""
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(max_connections=settings.concurrency * 2),
-        timeout=httpx.Timeout(settings.ers_timeout_seconds, connect=10.0),
-        follow_redirects=False,
+    return AiohttpWire(
+        max_connections=settings.concurrency * 2,
+        timeout_seconds=settings.ers_timeout_seconds,
+        connect_timeout_seconds=10.0,
     )
 
 
@@ -107,9 +105,9 @@ async def _handler(
     failpoints = Failpoints(settings.failpoints)  # test-only crash points; none by default
     metrics = Metrics(park_reasons=PARK_REASONS)
     budget = call_budget(settings, metrics)
-    async with build_http_client(settings) as http, budget:
+    async with build_wire(settings) as wire, budget:
         ers = ErsClient(
-            http,
+            wire,
             base_url=settings.ers_base_url,
             budget=budget,
             retry=RetryPolicy(

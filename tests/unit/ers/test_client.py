@@ -1,4 +1,9 @@
-"""``ErsClient`` and ``ErsSession`` over httpx with a scripted transport (the only fake).
+"""``ErsClient`` and ``ErsSession`` over a scripted transport (the only fake).
+
+The client's seam is ``worker.ers.transport.Wire``; here an ``HttpxWire`` puts
+``httpx.MockTransport`` behind it, so that each test reads the request as it would leave
+(method, URL, headers, body, timeouts) and scripts answers and transport failures in httpx's
+terms, the names ``worker.ers.classify`` reads.
 
 Built as ``worker.ops.app`` builds them, with retry waits of a millisecond or so, so that
 retries cost no time; where a wait's length matters, ``asyncio.sleep`` is recorded instead.
@@ -10,7 +15,7 @@ import asyncio
 import re
 import time
 import traceback
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -26,6 +31,7 @@ from tests.spec_examples import SPEC_DIR
 from worker.ers.budget import CallBudget
 from worker.ers.client import ErsClient, RetryPolicy
 from worker.ers.session import ErsSession
+from worker.ers.transport import Answer as WireAnswer
 from worker.observability.metrics import Metrics
 from worker.saga.errors import (
     ErsAuthError,
@@ -121,9 +127,38 @@ class FakeErs:
         return [value for kind, value in self.events if kind == "before_write"]
 
 
+class HttpxWire:
+    """The ``Wire`` of these tests: what the client hands it goes out as an httpx request
+    over the fake transport, with the wire's default timeouts unless the call names one."""
+
+    def __init__(self, http: httpx.AsyncClient) -> None:
+        self._http = http
+
+    async def send(
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str],
+        body: bytes | None,
+        *,
+        timeout: float | None = None,
+    ) -> WireAnswer:
+        response = await self._http.request(
+            method,
+            url,
+            headers=dict(headers),
+            content=body,
+            timeout=httpx.USE_CLIENT_DEFAULT if timeout is None else timeout,
+        )
+        return WireAnswer(response.status_code, response.headers, response.content)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
 class Rig:
     def __init__(self, http: httpx.AsyncClient, fake: FakeErs) -> None:
-        self.http = http
+        self.http = HttpxWire(http)
         self.fake = fake
         self.metrics = Metrics()
         self.waited: list[float] = []  # what ``waits`` did not sleep: the budget's clock counts it

@@ -1,4 +1,4 @@
-"""``worker.ers.transport``: httpx over aiohttp, against a real local HTTP server.
+"""``worker.ers.transport``: the client's wire over aiohttp, against a real local HTTP server.
 
 What matters most is what each failure is reported as: ``classify_transport`` sends a
 state-changing call again only when the error says e-RS never saw it.
@@ -17,7 +17,7 @@ import pytest
 from aiohttp import web
 
 from worker.ers.classify import classify_transport
-from worker.ers.transport import AiohttpTransport
+from worker.ers.transport import USER_AGENT, AiohttpWire
 from worker.fhir.vocabulary import Endpoint
 from worker.saga.errors import ErsOutcomeUnknown, ErsTransientError
 
@@ -56,14 +56,13 @@ async def server() -> AsyncIterator[Server]:
         await runner.cleanup()
 
 
-def client(max_connections: int = 10) -> httpx.AsyncClient:
-    return httpx.AsyncClient(
-        transport=AiohttpTransport(max_connections=max_connections),
-        timeout=httpx.Timeout(5.0, connect=1.0),
+def client(max_connections: int = 10) -> AiohttpWire:
+    return AiohttpWire(
+        max_connections=max_connections, timeout_seconds=5.0, connect_timeout_seconds=1.0
     )
 
 
-async def test_a_call_goes_and_comes_back_as_httpx_sent_and_read_it(server: Server) -> None:
+async def test_a_call_goes_and_comes_back_as_the_client_built_it(server: Server) -> None:
     async def answer(request: web.Request) -> web.Response:
         body = gzip.compress(b'{"resourceType": "ReferralRequest"}')
         return web.Response(
@@ -78,16 +77,16 @@ async def test_a_call_goes_and_comes_back_as_httpx_sent_and_read_it(server: Serv
 
     server.handler = answer
     async with client() as http:
-        response = await http.request(
+        response = await http.send(
             "POST",
-            f"{server.url}/STU3/ReferralRequest/$ers.createReferral",
-            content=b'{"a": 1}',
-            headers={"X-Correlation-ID": "c-1", "Content-Type": "application/fhir+json"},
-            params={"schedule.actor:HealthcareService": "11002", "_count": 20},
+            f"{server.url}/STU3/ReferralRequest/$ers.createReferral"
+            "?schedule.actor%3AHealthcareService=11002&_count=20",
+            {"X-Correlation-ID": "c-1", "Content-Type": "application/fhir+json"},
+            b'{"a": 1}',
         )
 
-    assert response.status_code == 201
-    assert response.content == b'{"resourceType": "ReferralRequest"}'  # decoded by httpx
+    assert response.status == 201
+    assert response.content == b'{"resourceType": "ReferralRequest"}'  # decoded
     assert response.headers["ETag"] == 'W/"3"'
     sent = server.seen[0]
     assert sent.method == "POST"
@@ -98,8 +97,8 @@ async def test_a_call_goes_and_comes_back_as_httpx_sent_and_read_it(server: Serv
     assert server.bodies[0] == b'{"a": 1}'
     assert sent.headers["X-Correlation-ID"] == "c-1"
     assert sent.headers["Content-Type"] == "application/fhir+json"
-    # httpx's own defaults, none of aiohttp's
-    assert sent.headers["User-Agent"].startswith("python-httpx/")
+    # our own name, not aiohttp's
+    assert sent.headers["User-Agent"] == USER_AGENT
 
 
 async def test_a_post_without_a_body_gets_no_content_type_of_aiohttps(server: Server) -> None:
@@ -108,27 +107,47 @@ async def test_a_post_without_a_body_gets_no_content_type_of_aiohttps(server: Se
 
     server.handler = answer
     async with client() as http:
-        response = await http.request("POST", f"{server.url}/STU3/x/$ers.generatePatientLetter")
+        response = await http.send(
+            "POST", f"{server.url}/STU3/x/$ers.generatePatientLetter", {}, None
+        )
 
     assert response.content == b"%PDF"
     assert "Content-Type" not in server.seen[0].headers
 
 
-async def test_the_transport_keeps_no_cookie_jar_of_its_own(server: Server) -> None:
-    # Cookies are the httpx client's business: aiohttp must not add a second jar under it.
+async def test_the_transport_keeps_no_cookie_jar(server: Server) -> None:
+    # One wire serves every clinician: a cookie one user's answer set must not travel on.
     async def answer(request: web.Request) -> web.Response:
         response = web.Response(text="{}")
         response.set_cookie("affinity", "user-a")
         return response
 
     server.handler = answer
-    transport = AiohttpTransport(max_connections=10)
-    async with transport:
+    async with client() as http:
         for path in ("a", "b"):
-            request = httpx.Request("GET", f"{server.url}/STU3/{path}")
-            await transport.handle_async_request(request)
+            await http.send("GET", f"{server.url}/STU3/{path}", {}, None)
 
     assert "Cookie" not in server.seen[1].headers
+
+
+async def test_the_environments_proxy_carries_the_calls(
+    server: Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As aiohttp's trust_env reads it, looked up once rather than on a thread per call.
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(text="{}")
+
+    server.handler = answer
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    async with client() as http:
+        for path in ("a", "b"):
+            answered = await http.send("GET", f"http://ers.invalid/STU3/{path}", {}, None)
+            assert answered.status == 200
+
+    assert [request.host for request in server.seen] == ["ers.invalid", "ers.invalid"]
+    assert [request.path for request in server.seen] == ["/STU3/a", "/STU3/b"]
 
 
 async def test_a_refused_connection_is_a_call_never_sent() -> None:
@@ -137,7 +156,7 @@ async def test_a_refused_connection_is_a_call_never_sent() -> None:
         port = s.getsockname()[1]
     async with client() as http:
         with pytest.raises(httpx.ConnectError) as caught:
-            await http.request("POST", f"http://127.0.0.1:{port}/STU3/ReferralRequest")
+            await http.send("POST", f"http://127.0.0.1:{port}/STU3/ReferralRequest", {}, None)
 
     assert type(classify_transport(Endpoint.A011, caught.value)) is ErsTransientError
 
@@ -152,15 +171,17 @@ async def test_waiting_too_long_for_a_pooled_connection_is_a_call_never_sent(
         return web.Response(text="{}")
 
     server.handler = slow
-    http = httpx.AsyncClient(
-        transport=AiohttpTransport(max_connections=1),
-        timeout=httpx.Timeout(5.0, pool=0.2),
+    http = AiohttpWire(
+        max_connections=1,
+        timeout_seconds=5.0,
+        connect_timeout_seconds=1.0,
+        pool_timeout_seconds=0.2,
     )
     async with http:
-        first = asyncio.create_task(http.request("GET", f"{server.url}/STU3/slow"))
+        first = asyncio.create_task(http.send("GET", f"{server.url}/STU3/slow", {}, None))
         await asyncio.sleep(0.1)
         with pytest.raises(httpx.ConnectTimeout) as caught:
-            await http.request("POST", f"{server.url}/STU3/ReferralRequest")
+            await http.send("POST", f"{server.url}/STU3/ReferralRequest", {}, None)
         release.set()
         await first
 
@@ -179,7 +200,7 @@ async def test_a_connection_dropped_after_the_request_is_an_unknown_effect(
     server.handler = drop
     async with client() as http:
         with pytest.raises(httpx.ReadError) as caught:
-            await http.request("POST", f"{server.url}/STU3/ReferralRequest", content=b"{}")
+            await http.send("POST", f"{server.url}/STU3/ReferralRequest", {}, b"{}")
 
     assert len(server.seen) == 1  # sent once: never retried behind the client's back
     assert type(classify_transport(Endpoint.A011, caught.value)) is ErsOutcomeUnknown
@@ -195,7 +216,7 @@ async def test_no_answer_in_time_is_a_read_timeout_and_an_unknown_effect(
     server.handler = silent
     async with client() as http:
         with pytest.raises(httpx.ReadTimeout) as caught:
-            await http.request("POST", f"{server.url}/STU3/Appointment", timeout=0.2)
+            await http.send("POST", f"{server.url}/STU3/Appointment", {}, None, timeout=0.2)
 
     assert type(classify_transport(Endpoint.A016, caught.value)) is ErsOutcomeUnknown
 
@@ -208,7 +229,7 @@ async def test_a_header_that_cannot_be_sent_is_refused_before_anything_goes(
 ) -> None:
     async with client() as http:
         with pytest.raises(httpx.ReadError) as caught:
-            await http.request("POST", f"{server.url}/STU3/Binary", headers=headers)
+            await http.send("POST", f"{server.url}/STU3/Binary", headers, None)
 
     assert server.seen == []
     # aiohttp's ValueError cannot say when it arose, so it counts as an unknown effect:
