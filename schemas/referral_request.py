@@ -32,7 +32,7 @@ from pydantic import (
     model_validator,
 )
 
-from schemas.nhs_number import nhs_number_problem
+from schemas.nhs_number import TEN_DIGITS, nhs_number_problem
 
 SCHEMA_VERSION = "1"
 MAX_SHORTLIST = 20
@@ -83,7 +83,18 @@ def _check_size(value: bytes) -> bytes:
     return value
 
 
-NhsNumber = Annotated[str, AfterValidator(_check_nhs_number)]
+NhsNumber = Annotated[
+    str,
+    AfterValidator(_check_nhs_number),
+    # Our validator words the problem; the published schema says the shape as well.
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": TEN_DIGITS.pattern,
+            "description": "10 ASCII digits, Modulus 11 checked, in an issued range.",
+        }
+    ),
+]
 OdsCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{3,10}$")]
 SdsUserId = Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
 ServiceId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}$")]

@@ -240,6 +240,16 @@ BAD_INPUTS: list[Bad] = [
         changed({"patient.nhs_number": "9990010030"}),
         "patient.nhs_number",
     ),
+    # Modulus 11 passes, but no range issues it: a referral was COMPLETED for it once.
+    bad(
+        "nhs-number-all-zeros", changed({"patient.nhs_number": "0000000000"}), "patient.nhs_number"
+    ),
+    # Reserved, never issued (5000000005 passes Modulus 11).
+    bad(
+        "nhs-number-reserved-range",
+        changed({"patient.nhs_number": "5000000005"}),
+        "patient.nhs_number",
+    ),
     # ODS codes.
     bad("ods-code-lowercase", changed({"user.ods_code": "r69"}), "user.ods_code"),
     bad("ods-code-too-short", changed({"user.ods_code": "R6"}), "user.ods_code"),

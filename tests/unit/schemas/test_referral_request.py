@@ -38,10 +38,30 @@ def problems(data: Any) -> dict[str, str]:
         ("123", False),
         ("99120038a8", False),
         ("９９１２００３８８８", False),
+        # Modulus 11 passes but no range issues these (found: a referral COMPLETED for 0000000000).
+        ("0000000000", False),
+        ("0123456789", False),
+        ("5000000005", False),  # reserved, never issued
+        ("8000000008", False),  # the Republic of Ireland's IHI range, not PDS
+        ("4010232137", True),  # England, Wales and the Isle of Man
     ],
 )
-def test_nhs_number_modulus_11(number: str, ok: bool) -> None:
+def test_nhs_number_modulus_11_and_issued_range(number: str, ok: bool) -> None:
     assert is_valid_nhs_number(number) is ok
+
+
+def test_an_unissued_nhs_number_is_refused_naming_the_range_rule_not_the_number() -> None:
+    data = valid()
+    data["patient"]["nhs_number"] = "0000000000"
+    found = problems(data)
+    assert "issued range" in found["patient.nhs_number"]
+    assert "0000000000" not in str(found)
+
+
+def test_the_published_schema_gives_the_nhs_number_its_10_digit_pattern() -> None:
+    schema = ReferralRequestV1.model_json_schema()
+    nhs = schema["$defs"]["Patient"]["properties"]["nhs_number"]
+    assert nhs["pattern"] == "^[0-9]{10}$"
 
 
 def test_every_shipped_sample_but_the_invalid_one_is_valid() -> None:
