@@ -183,9 +183,18 @@ class SearchCriteria(_Strict):
     commissioning_rule_organisation: OdsCode | None = None
 
     @model_validator(mode="after")
-    def _specialty_or_term(self) -> SearchCriteria:
-        if self.specialty is None and self.clinical_term is None:
-            raise ValueError("one of specialty or clinical_term is required")
+    def _says_what_to_search_for(self) -> SearchCriteria:
+        # A010 makes each of these optional (a search by named clinician alone is one of the
+        # specification's examples); a search with none of them asks for every service the
+        # patient could be sent to, which is an interface engine's mapping fault, not a referral.
+        if (
+            self.specialty is None
+            and self.clinical_term is None
+            and self.named_clinician_sds_user_id is None
+        ):
+            raise ValueError(
+                "one of specialty, clinical_term or named_clinician_sds_user_id is required"
+            )
         return self
 
 

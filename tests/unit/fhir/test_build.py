@@ -9,6 +9,7 @@ import pytest
 
 from schemas import ActingUser, BusinessFunction, Priority, SearchCriteria, SortBy
 from tests.spec_examples import example
+from tests.spec_schemas import schema_problems
 from worker.fhir import build as fb
 from worker.fhir import build_appointment as fa
 
@@ -60,6 +61,39 @@ def test_a010_patient_service_search(name: str, user: ActingUser, criteria: Sear
         nhs_number=NHS, user=user, criteria=criteria, specialty_cs=SPECIALTY_CS
     )
     assert body == example(f"patientServiceSearch/requests/{name}")
+
+
+def test_a010_search_by_named_clinician_alone() -> None:
+    """The specification names RcSearchByNamedClinician.json but does not ship it: the body
+    is checked against A010's request schema, and against the example where present."""
+    criteria = SearchCriteria(priority=Priority.URGENT, named_clinician_sds_user_id="021600556514")
+    body = fb.patient_service_search(
+        nhs_number=NHS, user=RC, criteria=criteria, specialty_cs=SPECIALTY_CS
+    )
+    assert schema_problems("eRS-PatientServiceSearch-Parameters.yaml", body) == []
+    (found,) = [p for p in body["parameter"] if p["name"] == "searchCriteria"]
+    names = [p["name"] for p in found["resource"]["parameter"]]
+    assert names == ["priority", "namedClinician", "ageAndGenderAppropriate"]
+    named = example("patientServiceSearch/requests/RcMinimal.json")
+    named_criteria = named["parameter"][3]["resource"]["parameter"]
+    named_criteria[1:3] = [
+        {
+            "name": "namedClinician",
+            "valueIdentifier": {
+                "system": "http://fhir.nhs.net/Id/sds-user-id",
+                "value": "021600556514",
+            },
+        }
+    ]
+    assert body == named
+
+
+def test_the_spec_schema_check_can_fail() -> None:
+    body = fb.patient_service_search(
+        nhs_number=NHS, user=RC, criteria=CARDIO_LIPID, specialty_cs=SPECIALTY_CS
+    )
+    body["parameter"][0]["valueCoding"]["code"] = 42
+    assert schema_problems("eRS-PatientServiceSearch-Parameters.yaml", body) != []
 
 
 HEART_FAILURE = SearchCriteria(

@@ -164,7 +164,11 @@ def test_every_field_at_fault_is_named() -> None:
             "(message)",
             "exactly one triage service",
         ),
-        (lambda d: d["search"].pop("specialty"), "search", "specialty or clinical_term"),
+        (
+            lambda d: d["search"].pop("specialty"),
+            "search",
+            "specialty, clinical_term or named_clinician_sds_user_id",
+        ),
         (
             lambda d: d["action"].update(
                 kind="SHORTLIST_ONLY", booking_window={"not_before": "2030-01-01"}
@@ -204,3 +208,17 @@ def test_rejection_keeps_a_safe_request_id_only() -> None:
     data["request_id"] = "9912003888 <script>"
     result = parse_request(orjson.dumps(data))
     assert isinstance(result, Rejection) and result.request_id is None
+
+
+def test_a_search_by_named_clinician_alone_is_accepted() -> None:
+    data = valid()
+    data["search"] = {"priority": "URGENT", "named_clinician_sds_user_id": "021600556514"}
+    result = parse_request(orjson.dumps(data))
+    assert isinstance(result, ReferralRequestV1)
+    assert result.search.specialty is None and result.search.clinical_term is None
+
+
+def test_a_search_for_nothing_in_particular_is_refused_naming_the_section() -> None:
+    data = valid()
+    data["search"] = {"priority": "URGENT", "clinic_type": "HEART_FAILURE"}
+    assert "named_clinician_sds_user_id" in problems(data)["search"]
