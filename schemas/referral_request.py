@@ -98,6 +98,8 @@ NhsNumber = Annotated[
 OdsCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{3,10}$")]
 SdsUserId = Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
 ServiceId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}$")]
+# A Slot's logical id, which FHIR's id type bounds: A015 gives it, A016 references it.
+SlotId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,64}$")]
 Code = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_]{1,64}$")]
 AttachmentBytes = Annotated[
     bytes,
@@ -238,11 +240,34 @@ class Action(_Strict):
     booking_window: BookingWindow | None = Field(
         default=None, description="Only with BOOK_EARLIEST: the dates a slot may fall on."
     )
+    comment: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = Field(
+        default=None,
+        description=(
+            "Only with DEFER_TO_PROVIDER: the referring clinician's comment to the provider, "
+            "sent as the A016 Appointment's comment in place of the worker's own."
+        ),
+    )
+    requested_slot_id: SlotId | None = Field(
+        default=None,
+        description=(
+            "Only with DEFER_TO_PROVIDER: the slot (A015 Slot id) the patient asked about. "
+            "The deferral references it, with reason SLOT_NOT_AVAILABLE when the service has "
+            "other free slots but not this one."
+        ),
+    )
 
     @model_validator(mode="after")
     def _window_only_when_booking(self) -> Action:
         if self.booking_window is not None and self.kind is not IntendedAction.BOOK_EARLIEST:
             raise ValueError("booking_window is only allowed with BOOK_EARLIEST")
+        return self
+
+    @model_validator(mode="after")
+    def _deferral_details_only_when_deferring(self) -> Action:
+        if self.kind is not IntendedAction.DEFER_TO_PROVIDER:
+            for name in ("comment", "requested_slot_id"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is only allowed with DEFER_TO_PROVIDER")
         return self
 
 

@@ -181,6 +181,34 @@ def test_a016_deferral(name: str, service_id: str, reason: str) -> None:
     assert body == example(f"bookOrDeferAppointment/requests/{name}")
 
 
+def test_a016_deferral_with_the_clinicians_comment_and_a_slot_reference() -> None:
+    """A016's "Deferral with slot reference" example is named but not shipped: the body is
+    MinimalDeferral's with the slot and the comment, and keeps to A016's request schema."""
+    body = fa.defer_appointment(
+        **REFERRAL,
+        service_id="11021",
+        reason="SLOT_NOT_AVAILABLE",
+        comment="Patient asked for the Tuesday clinic; please offer the next one",
+        slot_id="11000021",
+    )
+    assert schema_problems("eRS-Appointment.yaml", body) == []
+    expected = example("bookOrDeferAppointment/requests/MinimalDeferral.json")
+    expected["reason"][0]["coding"][0]["code"] = "SLOT_NOT_AVAILABLE"
+    expected["comment"] = "Patient asked for the Tuesday clinic; please offer the next one"
+    expected["slot"] = [{"reference": "Slot/11000021"}]
+    assert body == expected
+
+
+def test_a016_deferral_with_a_comment_alone_keeps_the_reason_and_has_no_slot() -> None:
+    body = fa.defer_appointment(
+        **REFERRAL, service_id="11021", reason="NO_SLOTS_AT_SERVICE", comment="Please call her"
+    )
+    assert schema_problems("eRS-Appointment.yaml", body) == []
+    expected = example("bookOrDeferAppointment/requests/MinimalDeferral.json")
+    expected["comment"] = "Please call her"
+    assert body == expected
+
+
 def test_a016_triage() -> None:
     body = fa.send_for_triage(**REFERRAL, service_id="50001")
     assert body == example("bookOrDeferAppointment/requests/TriageDeferral.json")

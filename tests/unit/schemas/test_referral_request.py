@@ -222,3 +222,29 @@ def test_a_search_for_nothing_in_particular_is_refused_naming_the_section() -> N
     data = valid()
     data["search"] = {"priority": "URGENT", "clinic_type": "HEART_FAILURE"}
     assert "named_clinician_sds_user_id" in problems(data)["search"]
+
+
+def test_a_deferral_carries_the_clinicians_comment_and_the_slot_asked_about() -> None:
+    data = valid()
+    data["action"] = {
+        "kind": "DEFER_TO_PROVIDER",
+        "comment": "Patient asked for the Tuesday clinic",
+        "requested_slot_id": "11000021",
+    }
+    result = parse_request(orjson.dumps(data))
+    assert isinstance(result, ReferralRequestV1)
+    assert result.action.comment == "Patient asked for the Tuesday clinic"
+    assert result.action.requested_slot_id == "11000021"
+
+
+@pytest.mark.parametrize("name", ["comment", "requested_slot_id"])
+def test_deferral_details_are_refused_with_another_action(name: str) -> None:
+    data = valid()
+    data["action"] = {"kind": "BOOK_EARLIEST", name: "11000021"}
+    assert "only allowed with DEFER_TO_PROVIDER" in problems(data)["action"]
+
+
+def test_a_requested_slot_id_is_a_fhir_id() -> None:
+    data = valid()
+    data["action"] = {"kind": "DEFER_TO_PROVIDER", "requested_slot_id": "Slot/1 2"}
+    assert "action.requested_slot_id" in problems(data)
