@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -39,6 +40,14 @@ MAX_SHORTLIST = 20
 MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
 MAX_ATTACHMENTS = 10
 PATHWAY_START_MAX_AGE = timedelta(days=365)
+# The longest base64 text of a file e-RS accepts (4 characters per 3 bytes, padded).
+MAX_ATTACHMENT_BASE64_CHARS = 4 * math.ceil(MAX_ATTACHMENT_BYTES / 3)
+# Everything but attachment content, with room to spare: 10 descriptions of 1,000 characters
+# escaped as \uXXXX (60 KB), 10 file names, the other fields and pretty-printing.
+ENVELOPE_BYTES = 256 * 1024
+# The largest body the contract allows: checked before the body is parsed, and declared to
+# the broker as max_message_size (deploy/rabbitmq/rabbitmq.conf; a test keeps them equal).
+MAX_MESSAGE_BYTES = MAX_ATTACHMENTS * MAX_ATTACHMENT_BASE64_CHARS + ENVELOPE_BYTES
 
 # A020's table of the file types e-RS accepts, as media type -> file extensions.
 ALLOWED_ATTACHMENT_TYPES: dict[str, frozenset[str]] = {
@@ -68,6 +77,11 @@ def _check_nhs_number(value: str) -> str:
 
 def _decode_base64(value: object) -> object:
     if isinstance(value, str):
+        # The size the text decodes to, known from its length and padding: an over-size file
+        # is refused before its bytes are made.
+        padding = len(value) - len(value.rstrip("="))
+        if len(value) // 4 * 3 - min(padding, 2) > MAX_ATTACHMENT_BYTES:
+            raise ValueError(f"content is larger than e-RS accepts ({MAX_ATTACHMENT_BYTES} bytes)")
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
@@ -106,7 +120,9 @@ AttachmentBytes = Annotated[
     BeforeValidator(_decode_base64),
     AfterValidator(_check_size),
     PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64", "maxLength": 7_000_000}),
+    WithJsonSchema(
+        {"type": "string", "contentEncoding": "base64", "maxLength": MAX_ATTACHMENT_BASE64_CHARS}
+    ),
 ]
 
 

@@ -22,7 +22,11 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.referral_request import MAX_ATTACHMENT_BYTES
+from schemas.referral_request import (
+    MAX_ATTACHMENT_BASE64_CHARS,
+    MAX_ATTACHMENT_BYTES,
+    MAX_MESSAGE_BYTES,
+)
 from tests.harness import TEST_TOKEN, Harness, sample
 from worker.messaging.headers import TOKEN_HEADER
 
@@ -118,6 +122,11 @@ _OVERSIZED = (b"Confidential letter body. " * (MAX_ATTACHMENT_BYTES // 26 + 2))[
     : MAX_ATTACHMENT_BYTES + 1
 ]
 _MEGABYTE = 1024 * 1024
+# Valid JSON holding an NHS number, one byte over the contract's largest body.
+_OVER_THE_LIMIT = orjson.dumps({**base(), "attachments": [attachment(content=b"x" * 3)]})
+_OVER_THE_LIMIT = (
+    _OVER_THE_LIMIT[:-1] + b" " * (MAX_MESSAGE_BYTES - len(_OVER_THE_LIMIT) + 1) + b"}"
+)
 
 BAD_INPUTS: list[Bad] = [
     # The body is not a JSON object.
@@ -130,6 +139,8 @@ BAD_INPUTS: list[Bad] = [
     bad("body-json-string", b'"referral"', "(body)"),
     bad("body-json-number", b"42", "(body)"),
     bad("body-json-null", b"null", "(body)"),
+    # Refused before it is parsed, with the limit the broker is given too.
+    bad("body-over-the-contract-limit", _OVER_THE_LIMIT, "(body)"),
     # Schema version.
     bad("schema-version-2", changed({"schema_version": "2"}), "schema_version"),
     bad("schema-version-number-1", changed({"schema_version": 1}), "schema_version"),
@@ -382,6 +393,12 @@ BAD_INPUTS: list[Bad] = [
     bad(
         "attachment-over-5-mib",
         changed({"attachments": [attachment(content=_OVERSIZED)]}),
+        "attachments.0.content",
+    ),
+    # Longer base64 than any 5 MiB file has: refused before it is decoded.
+    bad(
+        "attachment-base64-longer-than-5-mib-can-be",
+        changed({"attachments.0.content": "QUJD" * (MAX_ATTACHMENT_BASE64_CHARS // 4 + 1)}),
         "attachments.0.content",
     ),
     bad(

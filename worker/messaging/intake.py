@@ -15,7 +15,13 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.events import FieldError
-from schemas.referral_request import SCHEMA_VERSION, ReferralRequestV1
+from schemas.referral_request import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+    MAX_MESSAGE_BYTES,
+    SCHEMA_VERSION,
+    ReferralRequestV1,
+)
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
@@ -46,6 +52,14 @@ def _field(loc: tuple[int | str, ...]) -> str:
 
 
 def parse_request(body: bytes) -> ReferralRequestV1 | Rejection:
+    if len(body) > MAX_MESSAGE_BYTES:
+        # Before parsing: a parsed body and its decoded files take several times its size.
+        problem = (
+            f"body is {len(body)} bytes, over the {MAX_MESSAGE_BYTES} bytes the contract "
+            f"allows ({MAX_ATTACHMENTS} attachments of {MAX_ATTACHMENT_BYTES} bytes in base64, "
+            "and the rest of the request)"
+        )
+        return Rejection([FieldError(field="(body)", problem=problem, type="too_large")])
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

@@ -12,7 +12,12 @@ import orjson
 import pytest
 
 from schemas.nhs_number import is_valid_nhs_number
-from schemas.referral_request import MAX_ATTACHMENT_BYTES, ReferralRequestV1
+from schemas.referral_request import (
+    MAX_ATTACHMENT_BASE64_CHARS,
+    MAX_ATTACHMENT_BYTES,
+    MAX_MESSAGE_BYTES,
+    ReferralRequestV1,
+)
 from worker.messaging.intake import Rejection, parse_request
 
 SAMPLES = Path(__file__).resolve().parents[3] / "samples"
@@ -248,3 +253,40 @@ def test_a_requested_slot_id_is_a_fhir_id() -> None:
     data = valid()
     data["action"] = {"kind": "DEFER_TO_PROVIDER", "requested_slot_id": "Slot/1 2"}
     assert "action.requested_slot_id" in problems(data)
+
+
+def test_an_over_size_body_is_refused_before_it_is_parsed() -> None:
+    # Not even JSON: a parse would say so; the size is what is reported.
+    body = b"{" + b" " * MAX_MESSAGE_BYTES
+    found = problems(body)
+    assert list(found) == ["(body)"]
+    assert f"over the {MAX_MESSAGE_BYTES} bytes" in found["(body)"]
+
+
+def test_a_body_at_the_limit_is_parsed() -> None:
+    data = valid()
+    text = orjson.dumps(data)
+    padded = text[:-1] + b" " * (MAX_MESSAGE_BYTES - len(text)) + b"}"
+    assert len(padded) == MAX_MESSAGE_BYTES
+    assert isinstance(parse_request(padded), ReferralRequestV1)
+
+
+def test_an_over_size_attachment_is_refused_before_it_is_decoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_decoding(*args: object, **kwargs: object) -> bytes:
+        raise AssertionError("decoded an attachment known to be too large")
+
+    data = valid()
+    data["attachments"][0]["content"] = "A" * (MAX_ATTACHMENT_BASE64_CHARS + 4)
+    monkeypatch.setattr("schemas.referral_request.base64.b64decode", no_decoding)
+    assert "larger than e-RS accepts" in problems(data)["attachments.0.content"]
+
+
+def test_the_longest_base64_of_a_5_mib_file_decodes_and_one_byte_more_does_not() -> None:
+    data = valid()
+    data["attachments"][0]["content"] = base64.b64encode(b"x" * MAX_ATTACHMENT_BYTES).decode()
+    assert isinstance(parse_request(orjson.dumps(data)), ReferralRequestV1)
+    data["attachments"][0]["content"] = base64.b64encode(b"x" * (MAX_ATTACHMENT_BYTES + 1)).decode()
+    assert len(data["attachments"][0]["content"]) == MAX_ATTACHMENT_BASE64_CHARS
+    assert "larger than e-RS accepts" in problems(data)["attachments.0.content"]
