@@ -28,11 +28,13 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
+from schemas.file_types import content_problem
 from schemas.nhs_number import TEN_DIGITS, nhs_number_problem
 
 SCHEMA_VERSION = "1"
@@ -319,6 +321,17 @@ class Attachment(_Strict):
     def _type_allowed(cls, value: str) -> str:
         if value not in ALLOWED_ATTACHMENT_TYPES:
             raise ValueError("media_type is not a file type e-RS accepts")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _content_is_the_declared_type(cls, value: bytes, info: ValidationInfo) -> bytes:
+        # media_type is validated first (field order); when it failed, that is the problem.
+        media_type = info.data.get("media_type")
+        if media_type is not None:
+            problem = content_problem(media_type, value)
+            if problem:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

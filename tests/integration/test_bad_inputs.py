@@ -122,6 +122,8 @@ _OVERSIZED = (b"Confidential letter body. " * (MAX_ATTACHMENT_BYTES // 26 + 2))[
     : MAX_ATTACHMENT_BYTES + 1
 ]
 _MEGABYTE = 1024 * 1024
+_PDF = b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+_EXE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff This program cannot be run in DOS"
 # Valid JSON holding an NHS number, one byte over the contract's largest body.
 _OVER_THE_LIMIT = orjson.dumps({**base(), "attachments": [attachment(content=b"x" * 3)]})
 _OVER_THE_LIMIT = (
@@ -387,8 +389,26 @@ BAD_INPUTS: list[Bad] = [
     # Either the file name or the media type has to change: the attachment.
     bad(
         "attachment-extension-not-media-type",
-        changed({"attachments": [attachment("referral-letter.txt", "application/pdf")]}),
+        changed({"attachments": [attachment("referral-letter.txt", "application/pdf", _PDF)]}),
         "attachments.0",
+    ),
+    # The content is not the declared type: the finding, a .pdf holding an executable.
+    bad(
+        "attachment-pdf-holding-an-executable",
+        changed({"attachments": [attachment("referral-letter.pdf", "application/pdf", _EXE)]}),
+        "attachments.0.content",
+    ),
+    bad(
+        "attachment-text-holding-an-elf-binary",
+        changed(
+            {
+                "attachments": [
+                    attachment(),
+                    attachment("notes.txt", "text/plain", b"\x7fELF\x02\x01\x01" + bytes(64)),
+                ]
+            }
+        ),
+        "attachments.1.content",
     ),
     bad(
         "attachment-over-5-mib",
