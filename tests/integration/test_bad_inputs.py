@@ -29,6 +29,7 @@ from schemas.referral_request import (
 )
 from tests.harness import TEST_TOKEN, Harness, sample
 from worker.messaging.headers import TOKEN_HEADER
+from worker.messaging.tokens import MAX_TOKEN_LENGTH
 
 BASE_SAMPLE = "01-dbs-booked.json"
 VALID_SAMPLE = "03-ibs-shortlisted.json"
@@ -42,6 +43,8 @@ class Bad:
     field: str
     reply: bool = True
     secrets: tuple[str, ...] = ()
+    token: str = TEST_TOKEN
+    problem: str | None = None  # words the problem at the field must hold, when they matter
 
 
 def base() -> dict[str, Any]:
@@ -109,8 +112,11 @@ def bad(
     field: str,
     *,
     reply: bool = True,
+    token: str = TEST_TOKEN,
+    problem: str | None = None,
 ) -> Bad:
-    return Bad(name, body, field, reply=reply, secrets=secrets_of(body))
+    secrets = secrets_of(body) + ((token,) if token != TEST_TOKEN else ())
+    return Bad(name, body, field, reply=reply, secrets=secrets, token=token, problem=problem)
 
 
 def _now_iso(delta: timedelta) -> str:
@@ -136,13 +142,23 @@ BAD_INPUTS: list[Bad] = [
     bad("body-not-json-bytes", b"\x00\xff\xfeMSH|^~\\&|not json", "(body)"),
     bad("body-empty", b"", "(body)"),
     bad("body-whitespace-only", b" \r\n\t ", "(body)"),
-    bad("body-json-not-utf8", b'{"schema_version": "1", "request_id": "\xff\xfe"}', "(body)"),
+    bad(
+        "body-json-not-utf8",
+        b'{"schema_version": "1", "request_id": "\xff\xfe"}',
+        "(body)",
+        problem="not valid UTF-8: invalid start byte at byte 39",
+    ),
     bad("body-json-array", orjson.dumps([base()]), "(body)"),
     bad("body-json-string", b'"referral"', "(body)"),
     bad("body-json-number", b"42", "(body)"),
     bad("body-json-null", b"null", "(body)"),
     # Refused before it is parsed, with the limit the broker is given too.
-    bad("body-over-the-contract-limit", _OVER_THE_LIMIT, "(body)"),
+    bad(
+        "body-over-the-contract-limit",
+        _OVER_THE_LIMIT,
+        "(body)",
+        problem=f"over the {MAX_MESSAGE_BYTES} bytes the contract allows",
+    ),
     # Schema version.
     bad("schema-version-2", changed({"schema_version": "2"}), "schema_version"),
     bad("schema-version-number-1", changed({"schema_version": 1}), "schema_version"),
@@ -461,6 +477,14 @@ BAD_INPUTS: list[Bad] = [
         changed({"attachments.0.description": "d" * _MEGABYTE}),
         "attachments.0.description",
     ),
+    # A valid body with a 100 KB token: refused at intake, not sent for e-RS to answer 400.
+    bad(
+        "token-100-kb",
+        changed({}),
+        f"(headers).{TOKEN_HEADER}",
+        token="t" * 100_000,
+        problem=f"longer than {MAX_TOKEN_LENGTH} characters",
+    ),
     # A valid body, but nowhere to send its outcome but the topic exchange.
     bad("no-reply-to", base(), "(properties).reply_to", reply=False),
 ]
@@ -507,7 +531,10 @@ async def corpus(harness: Harness | None) -> CorpusRun:
 
 
 async def _run_corpus(harness: Harness) -> CorpusRun:
-    cids = {case.name: await harness.publish(case.body, reply=case.reply) for case in BAD_INPUTS}
+    cids = {
+        case.name: await harness.publish(case.body, reply=case.reply, token=case.token)
+        for case in BAD_INPUTS
+    }
     good_cid = await harness.publish(sample(VALID_SAMPLE))
     no_reply = {case.name for case in BAD_INPUTS if not case.reply}
 
@@ -562,6 +589,9 @@ async def test_bad_input_is_rejected_parked_and_never_sent_to_e_rs(
     # Last, so an expected failure here cannot hide a failure above.
     fields = [e["field"] for e in outcome["validation_errors"]]
     assert case.field in fields, f"expected {case.field!r} among {fields}"
+    if case.problem is not None:
+        said = [e["problem"] for e in outcome["validation_errors"] if e["field"] == case.field]
+        assert any(case.problem in text for text in said), said
 
 
 def _without_fresh_id(body: dict[str, Any] | bytes) -> bytes:
@@ -574,8 +604,13 @@ def _without_fresh_id(body: dict[str, Any] | bytes) -> bytes:
 def test_the_corpus_holds_distinct_inputs_with_distinct_ids() -> None:
     names = [case.name for case in BAD_INPUTS]
     assert len(names) == len(set(names)) >= 45
-    # The no-reply_to case is the valid base request: its fault is in the AMQP properties.
-    bodies = [_without_fresh_id(case.body) for case in BAD_INPUTS if case.reply]
+    # The no-reply_to and token cases are the valid base request: their faults are in the
+    # AMQP properties and headers.
+    bodies = [
+        _without_fresh_id(case.body)
+        for case in BAD_INPUTS
+        if case.reply and case.token == TEST_TOKEN
+    ]
     assert len(set(bodies)) == len(bodies)
 
 

@@ -290,3 +290,19 @@ def test_the_longest_base64_of_a_5_mib_file_decodes_and_one_byte_more_does_not()
     data["attachments"][0]["content"] = base64.b64encode(b"x" * (MAX_ATTACHMENT_BYTES + 1)).decode()
     assert len(data["attachments"][0]["content"]) == MAX_ATTACHMENT_BASE64_CHARS
     assert "larger than e-RS accepts" in problems(data)["attachments.0.content"]
+
+
+@pytest.mark.parametrize(
+    ("body", "where"),
+    [
+        (b'{"schema_version": "1", "request_id": "\xff\xfe"}', "invalid start byte at byte 39"),
+        (b'{"request_id": "abcdefgh", "x": "\xc3"}', "invalid continuation byte at byte 33"),
+        (b"\xff{}", "invalid start byte at byte 0"),
+    ],
+)
+def test_invalid_utf8_is_reported_at_its_byte(body: bytes, where: str) -> None:
+    assert problems(body) == {"(body)": f"body is not valid UTF-8: {where}"}
+
+
+def test_invalid_json_is_reported_at_its_character() -> None:
+    assert "at character 8" in problems(b'{"a": 1,,}')["(body)"]
