@@ -355,6 +355,16 @@ BAD_INPUTS: list[Bad] = [
         "action",
     ),
     bad(
+        "deferral-comment-with-book-earliest",
+        changed({"action.comment": "Patient prefers mornings"}),
+        "action",
+    ),
+    bad(
+        "requested-slot-id-not-a-fhir-id",
+        changed({"action": {"kind": "DEFER_TO_PROVIDER", "requested_slot_id": "Slot/1 2"}}),
+        "action.requested_slot_id",
+    ),
+    bad(
         "booking-window-end-before-start",
         changed({"action.booking_window": {"not_before": "2030-01-31", "not_after": "2030-01-01"}}),
         "action.booking_window",
