@@ -1,25 +1,41 @@
-"""NHS number check-digit validation (Modulus 11), as NHS Digital's data dictionary defines it.
+"""NHS number validation, with NHS England's maintained ``nhs-number`` package.
+
+The package knows which ranges numbers are issued from, which the Modulus 11 check alone
+does not: ``0000000000`` passes Modulus 11, yet no patient has it. The contract accepts the
+ranges e-RS patients can hold: England, Wales and the Isle of Man (the numbers PDS issues),
+and the 999 synthetic range that NHS test environments (and our samples) use.
 
 Error messages never repeat the number: they reach outcome events and may reach logs.
 """
 
 from __future__ import annotations
 
-_WEIGHTS = (10, 9, 8, 7, 6, 5, 4, 3, 2)
+import re
+
+from nhs_number.constants import REGION_ENGLAND_WALES_IOM, REGION_SYNTHETIC
+from nhs_number.validate import calculate_checksum, is_valid
+
+# ASCII digits only: str.isdigit() would let full-width and other Unicode digits through.
+TEN_DIGITS = re.compile(r"^[0-9]{10}$")
+ACCEPTED_REGIONS = (REGION_ENGLAND_WALES_IOM, REGION_SYNTHETIC)
 
 
 def nhs_number_problem(value: str) -> str | None:
-    """Return why ``value`` is not a valid NHS number, or None when it is valid."""
-    if len(value) != 10 or not value.isascii() or not value.isdigit():
+    """Return why ``value`` is not an NHS number e-RS could know, or None when it is one."""
+    if not TEN_DIGITS.match(value):
         return "must be exactly 10 digits"
-    total = sum(int(d) * w for d, w in zip(value[:9], _WEIGHTS, strict=True))
-    check = 11 - total % 11
-    if check == 11:
-        check = 0
-    if check == 10 or check != int(value[9]):
+    if not passes_check_digit(value):
         return "fails the Modulus 11 check digit"
+    if not any(is_valid(value, for_region=r) for r in ACCEPTED_REGIONS):
+        return "is not in an issued range (England, Wales, Isle of Man, or the 999 test range)"
     return None
 
 
 def is_valid_nhs_number(value: str) -> bool:
     return nhs_number_problem(value) is None
+
+
+def passes_check_digit(value: str) -> bool:
+    """Ten ASCII digits whose last is the Modulus 11 check digit of the other nine, whatever
+    their range: what redaction looks for, since any such run may be someone's number."""
+    return bool(TEN_DIGITS.match(value)) and calculate_checksum(value[:9]) == int(value[9])

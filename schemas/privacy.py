@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 import traceback
 
-from schemas.nhs_number import is_valid_nhs_number
+from schemas.nhs_number import passes_check_digit
 
 _TEN_DIGITS = re.compile(r"(?<!\d)(\d{3})[ -]?(\d{3})[ -]?(\d{4})(?!\d)")
 REDACTED = "[NHS number]"
@@ -18,7 +18,7 @@ REDACTED = "[NHS number]"
 def redact(text: str) -> str:
     def replace(match: re.Match[str]) -> str:
         digits = "".join(match.groups())
-        return REDACTED if is_valid_nhs_number(digits) else match.group(0)
+        return REDACTED if passes_check_digit(digits) else match.group(0)
 
     return _TEN_DIGITS.sub(replace, text)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import math
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from pathlib import PurePosixPath
@@ -27,18 +28,28 @@ from pydantic import (
     Field,
     PlainSerializer,
     StringConstraints,
+    ValidationInfo,
     WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-from schemas.nhs_number import nhs_number_problem
+from schemas.file_types import content_problem
+from schemas.nhs_number import TEN_DIGITS, nhs_number_problem
 
 SCHEMA_VERSION = "1"
 MAX_SHORTLIST = 20
 MAX_ATTACHMENT_BYTES = 5 * 1024 * 1024
 MAX_ATTACHMENTS = 10
 PATHWAY_START_MAX_AGE = timedelta(days=365)
+# The longest base64 text of a file e-RS accepts (4 characters per 3 bytes, padded).
+MAX_ATTACHMENT_BASE64_CHARS = 4 * math.ceil(MAX_ATTACHMENT_BYTES / 3)
+# Everything but attachment content, with room to spare: 10 descriptions of 1,000 characters
+# escaped as \uXXXX (60 KB), 10 file names, the other fields and pretty-printing.
+ENVELOPE_BYTES = 256 * 1024
+# The largest body the contract allows: checked before the body is parsed, and declared to
+# the broker as max_message_size (deploy/rabbitmq/rabbitmq.conf; a test keeps them equal).
+MAX_MESSAGE_BYTES = MAX_ATTACHMENTS * MAX_ATTACHMENT_BASE64_CHARS + ENVELOPE_BYTES
 
 # A020's table of the file types e-RS accepts, as media type -> file extensions.
 ALLOWED_ATTACHMENT_TYPES: dict[str, frozenset[str]] = {
@@ -68,6 +79,11 @@ def _check_nhs_number(value: str) -> str:
 
 def _decode_base64(value: object) -> object:
     if isinstance(value, str):
+        # The size the text decodes to, known from its length and padding: an over-size file
+        # is refused before its bytes are made.
+        padding = len(value) - len(value.rstrip("="))
+        if len(value) // 4 * 3 - min(padding, 2) > MAX_ATTACHMENT_BYTES:
+            raise ValueError(f"content is larger than e-RS accepts ({MAX_ATTACHMENT_BYTES} bytes)")
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError):
@@ -83,17 +99,32 @@ def _check_size(value: bytes) -> bytes:
     return value
 
 
-NhsNumber = Annotated[str, AfterValidator(_check_nhs_number)]
+NhsNumber = Annotated[
+    str,
+    AfterValidator(_check_nhs_number),
+    # Our validator words the problem; the published schema says the shape as well.
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": TEN_DIGITS.pattern,
+            "description": "10 ASCII digits, Modulus 11 checked, in an issued range.",
+        }
+    ),
+]
 OdsCode = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9]{3,10}$")]
 SdsUserId = Annotated[str, StringConstraints(pattern=r"^[0-9]{12}$")]
 ServiceId = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,12}$")]
+# A Slot's logical id, which FHIR's id type bounds: A015 gives it, A016 references it.
+SlotId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9.-]{1,64}$")]
 Code = Annotated[str, StringConstraints(pattern=r"^[A-Z0-9_]{1,64}$")]
 AttachmentBytes = Annotated[
     bytes,
     BeforeValidator(_decode_base64),
     AfterValidator(_check_size),
     PlainSerializer(lambda b: base64.b64encode(b).decode("ascii"), return_type=str),
-    WithJsonSchema({"type": "string", "contentEncoding": "base64", "maxLength": 7_000_000}),
+    WithJsonSchema(
+        {"type": "string", "contentEncoding": "base64", "maxLength": MAX_ATTACHMENT_BASE64_CHARS}
+    ),
 ]
 
 
@@ -172,9 +203,18 @@ class SearchCriteria(_Strict):
     commissioning_rule_organisation: OdsCode | None = None
 
     @model_validator(mode="after")
-    def _specialty_or_term(self) -> SearchCriteria:
-        if self.specialty is None and self.clinical_term is None:
-            raise ValueError("one of specialty or clinical_term is required")
+    def _says_what_to_search_for(self) -> SearchCriteria:
+        # A010 makes each of these optional (a search by named clinician alone is one of the
+        # specification's examples); a search with none of them asks for every service the
+        # patient could be sent to, which is an interface engine's mapping fault, not a referral.
+        if (
+            self.specialty is None
+            and self.clinical_term is None
+            and self.named_clinician_sds_user_id is None
+        ):
+            raise ValueError(
+                "one of specialty, clinical_term or named_clinician_sds_user_id is required"
+            )
         return self
 
 
@@ -218,11 +258,34 @@ class Action(_Strict):
     booking_window: BookingWindow | None = Field(
         default=None, description="Only with BOOK_EARLIEST: the dates a slot may fall on."
     )
+    comment: Annotated[str, StringConstraints(min_length=1, max_length=1000)] | None = Field(
+        default=None,
+        description=(
+            "Only with DEFER_TO_PROVIDER: the referring clinician's comment to the provider, "
+            "sent as the A016 Appointment's comment in place of the worker's own."
+        ),
+    )
+    requested_slot_id: SlotId | None = Field(
+        default=None,
+        description=(
+            "Only with DEFER_TO_PROVIDER: the slot (A015 Slot id) the patient asked about. "
+            "The deferral references it, with reason SLOT_NOT_AVAILABLE when the service has "
+            "other free slots but not this one."
+        ),
+    )
 
     @model_validator(mode="after")
     def _window_only_when_booking(self) -> Action:
         if self.booking_window is not None and self.kind is not IntendedAction.BOOK_EARLIEST:
             raise ValueError("booking_window is only allowed with BOOK_EARLIEST")
+        return self
+
+    @model_validator(mode="after")
+    def _deferral_details_only_when_deferring(self) -> Action:
+        if self.kind is not IntendedAction.DEFER_TO_PROVIDER:
+            for name in ("comment", "requested_slot_id"):
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} is only allowed with DEFER_TO_PROVIDER")
         return self
 
 
@@ -258,6 +321,17 @@ class Attachment(_Strict):
     def _type_allowed(cls, value: str) -> str:
         if value not in ALLOWED_ATTACHMENT_TYPES:
             raise ValueError("media_type is not a file type e-RS accepts")
+        return value
+
+    @field_validator("content")
+    @classmethod
+    def _content_is_the_declared_type(cls, value: bytes, info: ValidationInfo) -> bytes:
+        # media_type is validated first (field order); when it failed, that is the problem.
+        media_type = info.data.get("media_type")
+        if media_type is not None:
+            problem = content_problem(media_type, value)
+            if problem:
+                raise ValueError(problem)
         return value
 
     @model_validator(mode="after")

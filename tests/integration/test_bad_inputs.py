@@ -22,9 +22,14 @@ from typing import Any
 import orjson
 import pytest
 
-from schemas.referral_request import MAX_ATTACHMENT_BYTES
+from schemas.referral_request import (
+    MAX_ATTACHMENT_BASE64_CHARS,
+    MAX_ATTACHMENT_BYTES,
+    MAX_MESSAGE_BYTES,
+)
 from tests.harness import TEST_TOKEN, Harness, sample
 from worker.messaging.headers import TOKEN_HEADER
+from worker.messaging.tokens import MAX_TOKEN_LENGTH
 
 BASE_SAMPLE = "01-dbs-booked.json"
 VALID_SAMPLE = "03-ibs-shortlisted.json"
@@ -38,6 +43,8 @@ class Bad:
     field: str
     reply: bool = True
     secrets: tuple[str, ...] = ()
+    token: str = TEST_TOKEN
+    problem: str | None = None  # words the problem at the field must hold, when they matter
 
 
 def base() -> dict[str, Any]:
@@ -105,8 +112,11 @@ def bad(
     field: str,
     *,
     reply: bool = True,
+    token: str = TEST_TOKEN,
+    problem: str | None = None,
 ) -> Bad:
-    return Bad(name, body, field, reply=reply, secrets=secrets_of(body))
+    secrets = secrets_of(body) + ((token,) if token != TEST_TOKEN else ())
+    return Bad(name, body, field, reply=reply, secrets=secrets, token=token, problem=problem)
 
 
 def _now_iso(delta: timedelta) -> str:
@@ -118,6 +128,13 @@ _OVERSIZED = (b"Confidential letter body. " * (MAX_ATTACHMENT_BYTES // 26 + 2))[
     : MAX_ATTACHMENT_BYTES + 1
 ]
 _MEGABYTE = 1024 * 1024
+_PDF = b"%PDF-1.7\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+_EXE = b"MZ\x90\x00\x03\x00\x00\x00\x04\x00\x00\x00\xff\xff This program cannot be run in DOS"
+# Valid JSON holding an NHS number, one byte over the contract's largest body.
+_OVER_THE_LIMIT = orjson.dumps({**base(), "attachments": [attachment(content=b"x" * 3)]})
+_OVER_THE_LIMIT = (
+    _OVER_THE_LIMIT[:-1] + b" " * (MAX_MESSAGE_BYTES - len(_OVER_THE_LIMIT) + 1) + b"}"
+)
 
 BAD_INPUTS: list[Bad] = [
     # The body is not a JSON object.
@@ -125,11 +142,23 @@ BAD_INPUTS: list[Bad] = [
     bad("body-not-json-bytes", b"\x00\xff\xfeMSH|^~\\&|not json", "(body)"),
     bad("body-empty", b"", "(body)"),
     bad("body-whitespace-only", b" \r\n\t ", "(body)"),
-    bad("body-json-not-utf8", b'{"schema_version": "1", "request_id": "\xff\xfe"}', "(body)"),
+    bad(
+        "body-json-not-utf8",
+        b'{"schema_version": "1", "request_id": "\xff\xfe"}',
+        "(body)",
+        problem="not valid UTF-8: invalid start byte at byte 39",
+    ),
     bad("body-json-array", orjson.dumps([base()]), "(body)"),
     bad("body-json-string", b'"referral"', "(body)"),
     bad("body-json-number", b"42", "(body)"),
     bad("body-json-null", b"null", "(body)"),
+    # Refused before it is parsed, with the limit the broker is given too.
+    bad(
+        "body-over-the-contract-limit",
+        _OVER_THE_LIMIT,
+        "(body)",
+        problem=f"over the {MAX_MESSAGE_BYTES} bytes the contract allows",
+    ),
     # Schema version.
     bad("schema-version-2", changed({"schema_version": "2"}), "schema_version"),
     bad("schema-version-number-1", changed({"schema_version": 1}), "schema_version"),
@@ -240,6 +269,16 @@ BAD_INPUTS: list[Bad] = [
         changed({"patient.nhs_number": "9990010030"}),
         "patient.nhs_number",
     ),
+    # Modulus 11 passes, but no range issues it: a referral was COMPLETED for it once.
+    bad(
+        "nhs-number-all-zeros", changed({"patient.nhs_number": "0000000000"}), "patient.nhs_number"
+    ),
+    # Reserved, never issued (5000000005 passes Modulus 11).
+    bad(
+        "nhs-number-reserved-range",
+        changed({"patient.nhs_number": "5000000005"}),
+        "patient.nhs_number",
+    ),
     # ODS codes.
     bad("ods-code-lowercase", changed({"user.ods_code": "r69"}), "user.ods_code"),
     bad("ods-code-too-short", changed({"user.ods_code": "R6"}), "user.ods_code"),
@@ -316,6 +355,16 @@ BAD_INPUTS: list[Bad] = [
         "action",
     ),
     bad(
+        "deferral-comment-with-book-earliest",
+        changed({"action.comment": "Patient prefers mornings"}),
+        "action",
+    ),
+    bad(
+        "requested-slot-id-not-a-fhir-id",
+        changed({"action": {"kind": "DEFER_TO_PROVIDER", "requested_slot_id": "Slot/1 2"}}),
+        "action.requested_slot_id",
+    ),
+    bad(
         "booking-window-end-before-start",
         changed({"action.booking_window": {"not_before": "2030-01-31", "not_after": "2030-01-01"}}),
         "action.booking_window",
@@ -366,12 +415,36 @@ BAD_INPUTS: list[Bad] = [
     # Either the file name or the media type has to change: the attachment.
     bad(
         "attachment-extension-not-media-type",
-        changed({"attachments": [attachment("referral-letter.txt", "application/pdf")]}),
+        changed({"attachments": [attachment("referral-letter.txt", "application/pdf", _PDF)]}),
         "attachments.0",
+    ),
+    # The content is not the declared type: the finding, a .pdf holding an executable.
+    bad(
+        "attachment-pdf-holding-an-executable",
+        changed({"attachments": [attachment("referral-letter.pdf", "application/pdf", _EXE)]}),
+        "attachments.0.content",
+    ),
+    bad(
+        "attachment-text-holding-an-elf-binary",
+        changed(
+            {
+                "attachments": [
+                    attachment(),
+                    attachment("notes.txt", "text/plain", b"\x7fELF\x02\x01\x01" + bytes(64)),
+                ]
+            }
+        ),
+        "attachments.1.content",
     ),
     bad(
         "attachment-over-5-mib",
         changed({"attachments": [attachment(content=_OVERSIZED)]}),
+        "attachments.0.content",
+    ),
+    # Longer base64 than any 5 MiB file has: refused before it is decoded.
+    bad(
+        "attachment-base64-longer-than-5-mib-can-be",
+        changed({"attachments.0.content": "QUJD" * (MAX_ATTACHMENT_BASE64_CHARS // 4 + 1)}),
         "attachments.0.content",
     ),
     bad(
@@ -413,6 +486,14 @@ BAD_INPUTS: list[Bad] = [
         "huge-attachment-description",
         changed({"attachments.0.description": "d" * _MEGABYTE}),
         "attachments.0.description",
+    ),
+    # A valid body with a 100 KB token: refused at intake, not sent for e-RS to answer 400.
+    bad(
+        "token-100-kb",
+        changed({}),
+        f"(headers).{TOKEN_HEADER}",
+        token="t" * 100_000,
+        problem=f"longer than {MAX_TOKEN_LENGTH} characters",
     ),
     # A valid body, but nowhere to send its outcome but the topic exchange.
     bad("no-reply-to", base(), "(properties).reply_to", reply=False),
@@ -460,7 +541,10 @@ async def corpus(harness: Harness | None) -> CorpusRun:
 
 
 async def _run_corpus(harness: Harness) -> CorpusRun:
-    cids = {case.name: await harness.publish(case.body, reply=case.reply) for case in BAD_INPUTS}
+    cids = {
+        case.name: await harness.publish(case.body, reply=case.reply, token=case.token)
+        for case in BAD_INPUTS
+    }
     good_cid = await harness.publish(sample(VALID_SAMPLE))
     no_reply = {case.name for case in BAD_INPUTS if not case.reply}
 
@@ -515,6 +599,9 @@ async def test_bad_input_is_rejected_parked_and_never_sent_to_e_rs(
     # Last, so an expected failure here cannot hide a failure above.
     fields = [e["field"] for e in outcome["validation_errors"]]
     assert case.field in fields, f"expected {case.field!r} among {fields}"
+    if case.problem is not None:
+        said = [e["problem"] for e in outcome["validation_errors"] if e["field"] == case.field]
+        assert any(case.problem in text for text in said), said
 
 
 def _without_fresh_id(body: dict[str, Any] | bytes) -> bytes:
@@ -527,8 +614,13 @@ def _without_fresh_id(body: dict[str, Any] | bytes) -> bytes:
 def test_the_corpus_holds_distinct_inputs_with_distinct_ids() -> None:
     names = [case.name for case in BAD_INPUTS]
     assert len(names) == len(set(names)) >= 45
-    # The no-reply_to case is the valid base request: its fault is in the AMQP properties.
-    bodies = [_without_fresh_id(case.body) for case in BAD_INPUTS if case.reply]
+    # The no-reply_to and token cases are the valid base request: their faults are in the
+    # AMQP properties and headers.
+    bodies = [
+        _without_fresh_id(case.body)
+        for case in BAD_INPUTS
+        if case.reply and case.token == TEST_TOKEN
+    ]
     assert len(set(bodies)) == len(bodies)
 
 

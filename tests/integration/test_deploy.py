@@ -24,7 +24,12 @@ import kubernetes_validate  # type: ignore[import-untyped]
 import pytest
 import yaml
 
-from schemas.referral_request import MAX_ATTACHMENT_BYTES, MAX_ATTACHMENTS, Priority
+from schemas.referral_request import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+    MAX_MESSAGE_BYTES,
+    Priority,
+)
 from worker.messaging.topology import Names, definitions
 from worker.ops.settings import Settings
 
@@ -645,9 +650,10 @@ def test_rabbitmq_plugins_and_config() -> None:
         if line.strip() and not line.startswith("#"):
             key, value = (part.strip() for part in line.split("=", 1))
             conf[key] = value
-    # The largest valid request: every attachment at its largest, base64-encoded.
-    largest = MAX_ATTACHMENTS * math.ceil(MAX_ATTACHMENT_BYTES / 3) * 4
-    assert int(conf["max_message_size"]) > largest
+    # The broker refuses what the worker would: one number, the contract's largest body, which
+    # holds every attachment at its largest, base64-encoded.
+    assert int(conf["max_message_size"]) == MAX_MESSAGE_BYTES
+    assert MAX_ATTACHMENTS * math.ceil(MAX_ATTACHMENT_BYTES / 3) * 4 < MAX_MESSAGE_BYTES
     port = conf.get("prometheus.tcp.port", "15692")
     config = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     targets = {

@@ -338,9 +338,9 @@ async def test_no_valid_token_asks_for_reauthentication(
         ("abc\r\nX-Injected: 1", "line break"),
         ("t\u00f6ken", "visible ASCII"),
         ("a b", "visible ASCII"),
-        ("x" * 20_000, "longer than"),
     ],
-    ids=["crlf", "non-ascii", "space", "too-long"],
+    # A token too long for any is refused at intake: tests/integration/test_bad_inputs.py.
+    ids=["crlf", "non-ascii", "space"],
 )
 async def test_a_malformed_token_asks_for_reauthentication_with_no_e_rs_call(
     harness: Harness, token: str, why: str
@@ -414,6 +414,27 @@ async def test_defer_to_provider_without_slots_defers(harness: Harness) -> None:
 
     assert outcome["path"] == "DBS_DEFERRED"
     assert outcome["appointment"]["reason"] == "NO_SLOTS_AT_SERVICE"
+
+
+async def test_defer_for_a_slot_the_patient_asked_about_references_it(harness: Harness) -> None:
+    request = sample(
+        "01-dbs-booked.json",
+        action={
+            "kind": "DEFER_TO_PROVIDER",
+            "comment": "Patient asked for an evening clinic",
+            "requested_slot_id": "99999999",
+        },
+    )
+
+    _, outcome = await run_one(harness, request)
+
+    assert outcome["status"] == "COMPLETED", outcome["error"]
+    assert outcome["path"] == "DBS_DEFERRED"
+    assert outcome["appointment"]["reason"] == "SLOT_NOT_AVAILABLE"
+    referral = await only_referral_for(harness, request["patient"]["nhs_number"])
+    assert referral["state"] == "DEFERRED_TO_PROVIDER"
+    assert referral["appointment"]["slot_id"] == "99999999"
+    assert referral["appointment"]["reason"] == "SLOT_NOT_AVAILABLE"
 
 
 async def test_no_slot_in_the_booking_window_leaves_the_referral_unbooked(

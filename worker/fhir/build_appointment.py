@@ -87,14 +87,27 @@ DEFERRAL_COMMENTS = {
 
 
 def defer_appointment(
-    *, ubrn: str, version: str, service_id: str, nhs_number: str, reason: str
+    *,
+    ubrn: str,
+    version: str,
+    service_id: str,
+    nhs_number: str,
+    reason: str,
+    comment: str | None = None,
+    slot_id: str | None = None,
 ) -> Json:
-    """A016 deferral of booking to the provider (reason NO_SLOTS_AT_SERVICE and the like)."""
+    """A016 deferral of booking to the provider (reason NO_SLOTS_AT_SERVICE and the like).
+
+    ``comment`` is the clinician's own, in place of the reason's stock text; ``slot_id`` the
+    slot the patient asked about (A016's "Deferral with slot reference" example).
+    """
     body = _appointment(
         ubrn=ubrn, version=version, service_id=service_id, nhs_number=nhs_number, status="proposed"
     )
     body["reason"] = [{"coding": [{"system": f"{_CS}eRS-ReviewReason-1", "code": reason}]}]
-    body["comment"] = DEFERRAL_COMMENTS[reason]
+    body["comment"] = comment if comment is not None else DEFERRAL_COMMENTS[reason]
+    if slot_id is not None:
+        body["slot"] = [{"reference": f"Slot/{slot_id}"}]
     return body
 
 

@@ -23,7 +23,7 @@ from schemas.referral_request import ReferralRequestV1
 from worker.messaging import waits
 from worker.messaging.answers import Answers, new_id
 from worker.messaging.fate import Event, Fate, Handled, Incoming
-from worker.messaging.intake import Rejection, parse_request
+from worker.messaging.intake import Rejection, header_problems, parse_request
 from worker.messaging.keyed_lock import KeyedLock
 from worker.observability.logs import saga_context
 from worker.observability.metrics import DELAYED, POISONED, REQUEUED, Metrics
@@ -102,6 +102,7 @@ class RequestHandler:
     async def handle(self, msg: Incoming) -> Handled:
         parsed = parse_request(msg.body)
         problems = list(parsed.problems) if isinstance(parsed, Rejection) else []
+        problems.extend(header_problems(msg.headers))
         if not msg.reply_to:
             problems.append(outcomes.reply_to_missing())
         if problems:

@@ -8,6 +8,7 @@ rejected NHS number never travels on in an event or a log line.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +16,15 @@ import orjson
 from pydantic import ValidationError
 
 from schemas.events import FieldError
-from schemas.referral_request import SCHEMA_VERSION, ReferralRequestV1
+from schemas.referral_request import (
+    MAX_ATTACHMENT_BYTES,
+    MAX_ATTACHMENTS,
+    MAX_MESSAGE_BYTES,
+    SCHEMA_VERSION,
+    ReferralRequestV1,
+)
+from worker.messaging.headers import TOKEN_HEADER
+from worker.messaging.tokens import MAX_TOKEN_LENGTH, too_long
 
 _SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,63}$")
@@ -45,13 +54,44 @@ def _field(loc: tuple[int | str, ...]) -> str:
     return ".".join(parts) or "(message)"
 
 
+def header_problems(headers: Mapping[str, Any]) -> list[FieldError]:
+    """What in the AMQP headers makes the message one to refuse, whatever its body."""
+    if too_long(headers.get(TOKEN_HEADER)):
+        problem = (
+            f"{TOKEN_HEADER} is longer than {MAX_TOKEN_LENGTH} characters: no CIS2 or APIM "
+            "token is, and e-RS would refuse the request; re-send with the user's token"
+        )
+        return [FieldError(field=f"(headers).{TOKEN_HEADER}", problem=problem, type="too_long")]
+    return []
+
+
+def _not_json(body: bytes, exc: orjson.JSONDecodeError) -> FieldError:
+    """Where the body stops being JSON, by position: never the document's content."""
+    if "UTF-8" in exc.msg:
+        # orjson reports invalid UTF-8 at position 0 wherever it is; Python's decoder knows
+        # the byte (only on this error path, so a valid body is never decoded twice).
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as bad:
+            problem = f"body is not valid UTF-8: {bad.reason} at byte {bad.start}"
+            return FieldError(field="(body)", problem=problem, type="utf8_invalid")
+    problem = f"body is not valid JSON: {exc.msg} at character {exc.pos}"
+    return FieldError(field="(body)", problem=problem, type="json_invalid")
+
+
 def parse_request(body: bytes) -> ReferralRequestV1 | Rejection:
+    if len(body) > MAX_MESSAGE_BYTES:
+        # Before parsing: a parsed body and its decoded files take several times its size.
+        problem = (
+            f"body is {len(body)} bytes, over the {MAX_MESSAGE_BYTES} bytes the contract "
+            f"allows ({MAX_ATTACHMENTS} attachments of {MAX_ATTACHMENT_BYTES} bytes in base64, "
+            "and the rest of the request)"
+        )
+        return Rejection([FieldError(field="(body)", problem=problem, type="too_large")])
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
-        # orjson's message gives the position, never the document's content.
-        problem = f"body is not valid JSON: {exc.msg} at character {exc.pos}"
-        return Rejection([FieldError(field="(body)", problem=problem, type="json_invalid")])
+        return Rejection([_not_json(body, exc)])
     if not isinstance(data, dict):
         return Rejection(
             [FieldError(field="(body)", problem="body must be a JSON object", type="object_type")]

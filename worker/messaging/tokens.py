@@ -56,7 +56,22 @@ def _expiry(value: Any) -> datetime | None:
 # A bearer token is printable ASCII without spaces (RFC 6750's b64token is narrower still).
 # Anything else makes httpx refuse to send the header, which is no outage to retry for hours.
 _VISIBLE = re.compile(r"[\x21-\x7e]+")
-MAX_TOKEN_LENGTH = 16_384
+# The longest token intake lets through. APIM's access tokens are 28 characters and a CIS2
+# JWT a few KB; "Authorization: Bearer " and 8,000 characters stay under 8 KiB, the
+# smallest header-line limit on the way (Apache's 8,190 bytes, nginx's 8k buffers), past
+# which e-RS answers a bare HTTP 400.
+MAX_TOKEN_LENGTH = 8_000
+_BEARER = "bearer "
+
+
+def too_long(value: Any) -> bool:
+    """Whether a token header's value holds a token over ``MAX_TOKEN_LENGTH`` characters
+    (a "Bearer " prefix aside). Measured without decoding or copying the value."""
+    if not isinstance(value, str | bytes):
+        return False
+    head = value[: len(_BEARER)]
+    prefixed = (head.decode("latin-1") if isinstance(head, bytes) else head).lower() == _BEARER
+    return len(value) - (len(_BEARER) if prefixed else 0) > MAX_TOKEN_LENGTH
 
 
 def check_shape(token: str) -> None:
@@ -79,8 +94,8 @@ class MessageHeaderTokenProvider:
         raw = _as_text(headers.get(TOKEN_HEADER))
         if raw is None:
             return None
-        if raw.lower().startswith("bearer "):
-            raw = raw[7:]
+        if raw.lower().startswith(_BEARER):
+            raw = raw[len(_BEARER) :]
         check_shape(raw)
         return AccessToken(SecretStr(raw), _expiry(headers.get(EXPIRES_HEADER)))
 

@@ -8,6 +8,10 @@ Rules e-RS sets, which this module keeps:
    a bounded number of times; then we defer with SLOT_NOT_AVAILABLE, as e-RS prescribes.
 3. A booking whose answer was lost (PAS silent, 502/504, timeout) may have been made: look
    (A005) before deferring with BOOKING_ATTEMPT_PROBLEM.
+4. A DEFER_TO_PROVIDER naming the slot the patient asked about defers with that slot
+   referenced: NO_SLOTS_AT_SERVICE when the service has none free, SLOT_NOT_AVAILABLE when
+   it has others but not that one (A016's second reason to defer); when that slot is free,
+   rule 1 holds and the referral stays unbooked.
 """
 
 from __future__ import annotations
@@ -84,7 +88,13 @@ def _appointment_args(state: SagaState, ctx: SagaContext) -> dict[str, str]:
 
 
 async def _defer(state: SagaState, ctx: SagaContext, reason: DeferReason) -> SagaState:
-    body = fa.defer_appointment(**_appointment_args(state, ctx), reason=reason.value)
+    action = ctx.request.action  # comment and slot are only ever set with DEFER_TO_PROVIDER
+    body = fa.defer_appointment(
+        **_appointment_args(state, ctx),
+        reason=reason.value,
+        comment=action.comment,
+        slot_id=action.requested_slot_id,
+    )
     reply = await ctx.ers.book_or_defer(body)
     return after_appointment(state, appointment_facts(reply.body))
 
@@ -140,14 +150,19 @@ async def _book(state: SagaState, ctx: SagaContext, slot: FreeSlot) -> SagaState
 
 
 async def _defer_if_no_slots(state: SagaState, ctx: SagaContext) -> SagaState:
-    """DEFER_TO_PROVIDER: defer only when the service has no free slots (rule 1)."""
-    _, total = await free_slots(state, ctx)
+    """DEFER_TO_PROVIDER: defer only when the service has no free slots (rule 1), or none
+    free that the patient asked for (rule 4)."""
+    slots, total = await free_slots(state, ctx)
     if total == 0:
         try:
             return await _defer(state, ctx, DeferReason.NO_SLOTS_AT_SERVICE)
         except ErsRejected as exc:
             if exc.code != ErsCode.SLOTS_CURRENTLY_AVAILABLE:
                 raise
+        return not_booked(state, "SLOTS_AVAILABLE_DEFERRAL_NOT_ALLOWED")
+    asked = ctx.request.action.requested_slot_id
+    if asked is not None and asked not in {s.slot_id for s in slots}:
+        return await _defer(state, ctx, DeferReason.SLOT_NOT_AVAILABLE)
     return not_booked(state, "SLOTS_AVAILABLE_DEFERRAL_NOT_ALLOWED")
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from schemas import ActingUser, BusinessFunction, Priority, SearchCriteria, SortBy
 from tests.spec_examples import example
+from tests.spec_schemas import schema_problems
 from worker.fhir import build as fb
 from worker.fhir import build_appointment as fa
 
@@ -60,6 +61,39 @@ def test_a010_patient_service_search(name: str, user: ActingUser, criteria: Sear
         nhs_number=NHS, user=user, criteria=criteria, specialty_cs=SPECIALTY_CS
     )
     assert body == example(f"patientServiceSearch/requests/{name}")
+
+
+def test_a010_search_by_named_clinician_alone() -> None:
+    """The specification names RcSearchByNamedClinician.json but does not ship it: the body
+    is checked against A010's request schema, and against the example where present."""
+    criteria = SearchCriteria(priority=Priority.URGENT, named_clinician_sds_user_id="021600556514")
+    body = fb.patient_service_search(
+        nhs_number=NHS, user=RC, criteria=criteria, specialty_cs=SPECIALTY_CS
+    )
+    assert schema_problems("eRS-PatientServiceSearch-Parameters.yaml", body) == []
+    (found,) = [p for p in body["parameter"] if p["name"] == "searchCriteria"]
+    names = [p["name"] for p in found["resource"]["parameter"]]
+    assert names == ["priority", "namedClinician", "ageAndGenderAppropriate"]
+    named = example("patientServiceSearch/requests/RcMinimal.json")
+    named_criteria = named["parameter"][3]["resource"]["parameter"]
+    named_criteria[1:3] = [
+        {
+            "name": "namedClinician",
+            "valueIdentifier": {
+                "system": "http://fhir.nhs.net/Id/sds-user-id",
+                "value": "021600556514",
+            },
+        }
+    ]
+    assert body == named
+
+
+def test_the_spec_schema_check_can_fail() -> None:
+    body = fb.patient_service_search(
+        nhs_number=NHS, user=RC, criteria=CARDIO_LIPID, specialty_cs=SPECIALTY_CS
+    )
+    body["parameter"][0]["valueCoding"]["code"] = 42
+    assert schema_problems("eRS-PatientServiceSearch-Parameters.yaml", body) != []
 
 
 HEART_FAILURE = SearchCriteria(
@@ -145,6 +179,34 @@ def test_a016_minimal_booking() -> None:
 def test_a016_deferral(name: str, service_id: str, reason: str) -> None:
     body = fa.defer_appointment(**REFERRAL, service_id=service_id, reason=reason)
     assert body == example(f"bookOrDeferAppointment/requests/{name}")
+
+
+def test_a016_deferral_with_the_clinicians_comment_and_a_slot_reference() -> None:
+    """A016's "Deferral with slot reference" example is named but not shipped: the body is
+    MinimalDeferral's with the slot and the comment, and keeps to A016's request schema."""
+    body = fa.defer_appointment(
+        **REFERRAL,
+        service_id="11021",
+        reason="SLOT_NOT_AVAILABLE",
+        comment="Patient asked for the Tuesday clinic; please offer the next one",
+        slot_id="11000021",
+    )
+    assert schema_problems("eRS-Appointment.yaml", body) == []
+    expected = example("bookOrDeferAppointment/requests/MinimalDeferral.json")
+    expected["reason"][0]["coding"][0]["code"] = "SLOT_NOT_AVAILABLE"
+    expected["comment"] = "Patient asked for the Tuesday clinic; please offer the next one"
+    expected["slot"] = [{"reference": "Slot/11000021"}]
+    assert body == expected
+
+
+def test_a016_deferral_with_a_comment_alone_keeps_the_reason_and_has_no_slot() -> None:
+    body = fa.defer_appointment(
+        **REFERRAL, service_id="11021", reason="NO_SLOTS_AT_SERVICE", comment="Please call her"
+    )
+    assert schema_problems("eRS-Appointment.yaml", body) == []
+    expected = example("bookOrDeferAppointment/requests/MinimalDeferral.json")
+    expected["comment"] = "Please call her"
+    assert body == expected
 
 
 def test_a016_triage() -> None:

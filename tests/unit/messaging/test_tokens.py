@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from worker.messaging.headers import TOKEN_HEADER
-from worker.messaging.tokens import MAX_TOKEN_LENGTH, MessageHeaderTokenProvider
+from worker.messaging.intake import header_problems
+from worker.messaging.tokens import MAX_TOKEN_LENGTH, MessageHeaderTokenProvider, too_long
 from worker.saga.ports import MalformedToken
 
 PROVIDER = MessageHeaderTokenProvider()
@@ -44,3 +45,29 @@ def test_a_token_that_could_never_be_sent_is_malformed(token: str, why: str) -> 
 
 def test_no_token_is_none() -> None:
     assert PROVIDER.token_for({}) is None
+
+
+@pytest.mark.parametrize(
+    ("value", "long"),
+    [
+        ("x" * MAX_TOKEN_LENGTH, False),
+        ("Bearer " + "x" * MAX_TOKEN_LENGTH, False),
+        (b"bearer " + b"x" * MAX_TOKEN_LENGTH, False),
+        ("x" * (MAX_TOKEN_LENGTH + 1), True),
+        ("Bearer " + "x" * (MAX_TOKEN_LENGTH + 1), True),
+        (b"x" * 100_000, True),
+        (None, False),
+        (12345, False),
+    ],
+)
+def test_too_long_measures_the_token_without_its_bearer_prefix(value: object, long: bool) -> None:
+    assert too_long(value) is long
+
+
+def test_intake_refuses_a_token_too_long_naming_the_header_not_the_value() -> None:
+    [problem] = header_problems({TOKEN_HEADER: "secret-" + "x" * 100_000})
+    assert problem.field == f"(headers).{TOKEN_HEADER}"
+    assert str(MAX_TOKEN_LENGTH) in problem.problem
+    assert "secret-" not in problem.problem
+    assert header_problems({TOKEN_HEADER: "x" * MAX_TOKEN_LENGTH}) == []
+    assert header_problems({}) == []

@@ -482,6 +482,56 @@ async def test_defer_to_provider_with_no_slots_defers() -> None:
     assert result.contact_by == CONTACT_BY_40
 
 
+def defer_asking_for(
+    slot_id: str | None, comment: str | None
+) -> tuple[ReferralRequestV1, SagaState]:
+    action = {"kind": "DEFER_TO_PROVIDER", "requested_slot_id": slot_id, "comment": comment}
+    request = sample_request(action=action)
+    return request, ready(request, path=Path.DBS_DEFERRED)
+
+
+async def test_defer_for_a_slot_that_is_taken_defers_with_it_and_the_comment() -> None:
+    ers = FakeErs()
+    ers.script("A015", ok(slot_bundle([S1, S2])))
+    ers.script("A016", ok(deferred("SLOT_NOT_AVAILABLE")))
+    request, state = defer_asking_for("s9", "Patient asked for a Friday")
+
+    result = await book(ers, request, state=state)
+
+    assert ers.endpoints() == ["A015", "A016"]
+    (body,) = ers.bodies("A016")
+    assert defer_reason(body) == "SLOT_NOT_AVAILABLE"
+    assert body["slot"] == [{"reference": "Slot/s9"}]
+    assert body["comment"] == "Patient asked for a Friday"
+    assert result.path is Path.DBS_DEFERRED
+
+
+async def test_defer_for_a_slot_at_a_service_with_none_free_says_no_slots() -> None:
+    ers = FakeErs()
+    ers.script("A015", ok(slot_bundle([], total=0)))
+    ers.script("A016", ok(deferred("NO_SLOTS_AT_SERVICE")))
+    request, state = defer_asking_for("s9", None)
+
+    await book(ers, request, state=state)
+
+    (body,) = ers.bodies("A016")
+    assert defer_reason(body) == "NO_SLOTS_AT_SERVICE"
+    assert body["slot"] == [{"reference": "Slot/s9"}]
+    assert body["comment"] == "There are no slots"
+
+
+async def test_defer_for_a_slot_that_is_free_is_not_booked() -> None:
+    ers = FakeErs()
+    ers.script("A015", ok(slot_bundle([S1, S2])))
+    request, state = defer_asking_for("s2", "Patient asked for this one")
+
+    result = await book(ers, request, state=state)
+
+    assert ers.endpoints() == ["A015"]  # the slot is free: e-RS allows no deferral
+    assert result.path is Path.DBS_NOT_BOOKED
+    assert result.path_reason == "SLOTS_AVAILABLE_DEFERRAL_NOT_ALLOWED"
+
+
 async def test_defer_to_provider_refused_as_slots_appeared_is_not_booked() -> None:
     ers = FakeErs()
     ers.script("A015", ok(slot_bundle([], total=0)))
