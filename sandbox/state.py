@@ -115,6 +115,9 @@ class Referral:
     # user acted for), when the sandbox knows it.
     referrer: str | None = None
     first_reminder_days: int = 0
+    # e-RS shows commissioningProvisioning in the stored criteria of referrals it created with
+    # it; the specification's examples of the seeded referrals have none.
+    commissioning_provisioning: bool = True
     clinical_info_first_submitted: datetime | None = None
     clinical_info_last_updated: datetime | None = None
 
@@ -259,6 +262,7 @@ class SandboxState:
             state_reason=raw.get("state_reason"),
             pathway_start=raw.get("pathway_start"),
             intends_letter=bool(raw.get("intends_letter", False)),
+            commissioning_provisioning=bool(raw.get("commissioning_provisioning", False)),
         )
         for binary_id in raw.get("letter_binary_ids", ()):
             binary = self.binaries[str(binary_id)]

@@ -317,3 +317,27 @@ async def test_a005_reflects_linked_letters_like_the_unbooked_example(
 async def test_search_flow_helper_finds_the_example_services(ers: httpx.AsyncClient) -> None:
     found = await search(ers, clinic_type="LIPID_MANAGEMENT")
     assert {"11000", "11002", "11004", "11021", "50001"} <= set(found)
+
+
+async def test_a010_clinical_term_example_finds_only_the_services_with_that_term(
+    ers: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    request = load(EXAMPLES / "patientServiceSearch/requests/RcSearchByClinicalTerm.json")
+    response = await ers.post(
+        "/STU3/HealthcareService/$ers.searchHealthcareServicesForPatient",
+        json=with_base_url(request, base_url(ers)),
+        headers={**ers_headers(RC), **FHIR_JSON},
+    )
+
+    assert response.status_code == 200, response.text
+    found = {entry["item"]["identifier"]["value"] for entry in response.json()["entry"]}
+    # 1003 with a wait limit of 15 days, at R69: the services listing the term, within the limit.
+    expected = {
+        s["id"]
+        for s in await admin.services()
+        if "1003" in s["clinical_terms"]
+        and s["indicative_wait_days"] is not None
+        and s["indicative_wait_days"] <= 15
+        and s["location"]["ods"] == "R69"
+    }
+    assert found == expected == {"11000", "11002", "11010"}
