@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import binascii
 from datetime import datetime
 from typing import Any
 
 import orjson
 from aiohttp import web
 
-from sandbox.catalogue import Slot
+from sandbox.catalogue import (
+    ADVICE_REQUEST,
+    APPOINTMENT_REQUEST,
+    DIRECTLY_BOOKABLE,
+    INDIRECTLY_BOOKABLE,
+    TRIAGE_REQUEST,
+    Service,
+    Slot,
+)
 from sandbox.context import state
 from sandbox.faults import Fault, FaultSpecError
 from sandbox.fhir import instant, parse_instant
@@ -78,6 +87,7 @@ def referral_summary(store: SandboxState, referral: Referral) -> dict[str, Any]:
             "end": instant(appointment.end) if appointment.end else None,
             "status": appointment.status,
             "reason": appointment.reason,
+            "comment": appointment.comment,
         },
         "created_via": referral.created_via,
         "request_id": referral.request_id,
@@ -207,12 +217,110 @@ async def put_budget(request: web.Request) -> web.Response:
     return await get_budget(request)
 
 
+_REFERRAL_STATES = ("NOT_BOOKED", "BOOKED", "DEFERRED_TO_PROVIDER", "AWAITING_TRIAGE")
+_BOOKABLE_TYPES = (DIRECTLY_BOOKABLE, INDIRECTLY_BOOKABLE)
+_FLOW_TYPES = (APPOINTMENT_REQUEST, TRIAGE_REQUEST, ADVICE_REQUEST)
+
+
+async def _json_object(request: web.Request) -> dict[str, Any]:
+    try:
+        raw = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"body is not JSON: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ValueError("body must be a JSON object")
+    return raw
+
+
+def _check_service(raw: dict[str, Any]) -> None:
+    if raw.get("bookable_type") not in _BOOKABLE_TYPES:
+        raise ValueError(f"bookable_type must be one of {list(_BOOKABLE_TYPES)}")
+    flows = raw.get("request_flow_types")
+    if not isinstance(flows, list) or not flows or any(f not in _FLOW_TYPES for f in flows):
+        raise ValueError(f"request_flow_types must be a non-empty list of {list(_FLOW_TYPES)}")
+
+
+async def put_service(request: web.Request) -> web.Response:
+    """Add or replace a service (data/catalogue.json's form); its slots are seeded afresh."""
+    store = state(request)
+    try:
+        raw = await _json_object(request)
+        raw["id"] = request.match_info["service_id"]
+        _check_service(raw)
+        service = store.add_service(raw)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    except (KeyError, TypeError) as exc:
+        return _error(400, f"service needs {exc}")
+    return json_response(_service_summary(service), 201)
+
+
+def _service_summary(service: Service) -> dict[str, Any]:
+    return {
+        "id": service.id,
+        "name": service.name,
+        "specialty": service.specialty,
+        "clinic_types": list(service.clinic_types),
+        "clinical_terms": list(service.clinical_terms),
+        "clinicians": list(service.clinicians),
+        "bookable_type": service.bookable_type,
+        "request_flow_types": list(service.request_flow_types),
+        "location": {"ods": service.location_ods, "display": service.location_display},
+        "indicative_wait_days": service.indicative_wait_days,
+    }
+
+
+async def list_services(request: web.Request) -> web.Response:
+    services = state(request).catalogue.services.values()
+    return json_response([_service_summary(s) for s in services])
+
+
+async def put_referral(request: web.Request) -> web.Response:
+    """A referral with a chosen UBRN, version and state (data/seed.json's form)."""
+    store = state(request)
+    try:
+        raw = await _json_object(request)
+        raw["ubrn"] = request.match_info["ubrn"]
+        if raw.get("state") not in _REFERRAL_STATES:
+            raise ValueError(f"state must be one of {list(_REFERRAL_STATES)}")
+        version = raw.get("version")
+        if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+            raise ValueError("version must be a positive integer")
+        unknown = [s for s in raw.get("service_ids", ()) if store.catalogue.get(str(s)) is None]
+        if unknown:
+            raise ValueError(f"unknown service_ids {unknown}: PUT /_sandbox/services first")
+        missing = [b for b in raw.get("letter_binary_ids", ()) if str(b) not in store.binaries]
+        if missing:
+            raise ValueError(f"unknown letter_binary_ids {missing}: POST /_sandbox/binaries first")
+        referral = store.add_referral(raw)
+    except ValueError as exc:
+        return _error(400, str(exc))
+    except (KeyError, TypeError) as exc:
+        return _error(400, f"referral needs {exc}")
+    return json_response(referral_summary(store, referral), 201)
+
+
+async def add_binary(request: web.Request) -> web.Response:
+    """A file as if uploaded by A020: {id, file_name, content_type, referral_id, content}."""
+    try:
+        binary = state(request).add_binary(await _json_object(request))
+    except (ValueError, binascii.Error) as exc:
+        return _error(400, str(exc))
+    except (KeyError, TypeError) as exc:
+        return _error(400, f"binary needs {exc}")
+    return json_response(_binary_summary(binary), 201)
+
+
 def add_admin_routes(app: web.Application) -> None:
     router = app.router
     router.add_get(f"{ADMIN_PATH}/health", health)
     router.add_post(f"{ADMIN_PATH}/reset", reset)
     router.add_get(f"{ADMIN_PATH}/referrals", list_referrals)
     router.add_get(f"{ADMIN_PATH}/referrals/{{ubrn}}", get_referral)
+    router.add_put(f"{ADMIN_PATH}/referrals/{{ubrn}}", put_referral)
+    router.add_get(f"{ADMIN_PATH}/services", list_services)
+    router.add_put(f"{ADMIN_PATH}/services/{{service_id}}", put_service)
+    router.add_post(f"{ADMIN_PATH}/binaries", add_binary)
     router.add_get(f"{ADMIN_PATH}/slots/{{service_id}}", get_slots)
     router.add_put(f"{ADMIN_PATH}/slots/{{service_id}}", put_slots)
     router.add_get(f"{ADMIN_PATH}/binaries", list_binaries)

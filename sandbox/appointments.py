@@ -9,7 +9,7 @@ from aiohttp import web
 
 from sandbox.catalogue import APPOINTMENT_REQUEST, TRIAGE_REQUEST, Service, Slot
 from sandbox.context import read_fhir_json, state
-from sandbox.fhir import NHS_NUMBER_SYSTEM, SERVICE_SYSTEM, Json, dig
+from sandbox.fhir import NHS_NUMBER_SYSTEM, SERVICE_SYSTEM, Json, dig, instant
 from sandbox.outcomes import ErsError, fhir_response, unprocessable
 from sandbox.referrals import etag
 from sandbox.resources import appointment_resource
@@ -157,6 +157,9 @@ async def book_or_defer(request: web.Request) -> web.Response:
     named = _SLOT_REFERENCE.match(slot_reference) if isinstance(slot_reference, str) else None
     deferred_slot = named.group(1) if named is not None and slot is None else None
     referral.version += 1
+    # Booking or deferring sends the referral to the provider: the RTT clock starts, and e-RS
+    # derives the pathway start unless one was given at creation.
+    referral.pathway_start = referral.pathway_start or instant(store.clock())
     appointment = Appointment(
         id=store.new_appointment_id(),
         ubrn=referral.ubrn,

@@ -36,6 +36,10 @@ class Service:
     slot_count: int
     slot_clinicians: tuple[str | None, ...]
     busy_slot_numbers: frozenset[int] = frozenset()
+    # SNOMED CT codes an A010 clinicalTerm search finds this service by.
+    clinical_terms: tuple[str, ...] = ()
+    # SDS user ids of the service's named clinicians (A010 namedClinician finds it by them).
+    clinicians: tuple[str, ...] = ()
 
     @property
     def directly_bookable(self) -> bool:
@@ -86,7 +90,20 @@ def _service(raw: dict[str, Any]) -> Service:
         slot_count=int(raw.get("slot_count", 0)),
         slot_clinicians=tuple(raw.get("slot_clinicians") or (None,)),
         busy_slot_numbers=frozenset(raw.get("busy_slot_numbers", ())),
+        clinical_terms=tuple(str(term) for term in raw.get("clinical_terms", ())),
+        clinicians=_clinicians(raw),
     )
+
+
+def _clinicians(raw: dict[str, Any]) -> tuple[str, ...]:
+    # A clinician who has slots at a service is one of its named clinicians.
+    named = [*raw.get("clinicians", ()), *(c for c in raw.get("slot_clinicians") or () if c)]
+    return tuple(dict.fromkeys(str(c) for c in named))
+
+
+def service_from_json(raw: dict[str, Any]) -> Service:
+    """A service as data/catalogue.json or the admin API describes it (KeyError if incomplete)."""
+    return _service(raw)
 
 
 def load_catalogue() -> Catalogue:

@@ -13,7 +13,15 @@ from aiohttp import web
 from sandbox.access import ON_BEHALF_OF_HEADER
 from sandbox.catalogue import TRIAGE_REQUEST
 from sandbox.context import caller, own_base_url, read_fhir_json, state
-from sandbox.fhir import SERVICE_SYSTEM, Json, dig, parameter, parameters, parse_instant
+from sandbox.fhir import (
+    SERVICE_SYSTEM,
+    Json,
+    dig,
+    instant,
+    parameter,
+    parameters,
+    parse_instant,
+)
 from sandbox.outcomes import ErsError, fhir_response, unprocessable
 from sandbox.resources import referral_resource
 from sandbox.search import parse_search_criteria, patient_nhs_number, require_parameters_resource
@@ -168,6 +176,9 @@ async def _create(request: web.Request, *, send_for_triage: bool) -> web.Respons
         first_reminder_days=reminder if isinstance(reminder, int) else 0,
     )
     if send_for_triage:
+        # The RTT clock starts when the provider receives the referral: e-RS derives the
+        # pathway start as the moment it is sent for triage (A021 takes no pathway start).
+        referral.pathway_start = referral.pathway_start or instant(now)
         appointment = Appointment(
             id=store.new_appointment_id(),
             ubrn=referral.ubrn,
@@ -259,8 +270,14 @@ async def maintain_referral_letter(request: web.Request) -> web.Response:
     if len(set(requested_ids)) != len(requested_ids) or len(set(names)) != len(names):
         raise unprocessable("DUPLICATE_FILENAME", "Two referral letter files share a file name.")
     linked = {attachment.binary_id: attachment for attachment in referral.attachments}
-    if set(requested_ids) == set(linked):
-        raise unprocessable("NO_CHANGES_DETECTED", "The referral letter files are unchanged.")
+    if set(requested_ids) == set(linked) and all(
+        description is None or description == linked[binary_id].description
+        for binary_id, description in requested
+    ):
+        # Same files and no new description: nothing for e-RS to record.
+        raise unprocessable(
+            "NO_CHANGES_DETECTED", "The referral letter files and their descriptions are unchanged."
+        )
     linked_names = {
         store.binaries[binary_id].file_name for binary_id in linked if binary_id in store.binaries
     }

@@ -202,12 +202,7 @@ def referral_resource(state: SandboxState, referral: Referral, base_url: str) ->
             "resourceType": "Parameters",
             "parameter": [
                 *substitute_base_url(referral.search_criteria, base_url),
-                {
-                    "name": "commissioningProvisioning",
-                    "valueCoding": coding(
-                        CS + "eRS-CommissioningProvisioning-1", "ALL_AVAILABLE_FOR_BOOKING"
-                    ),
-                },
+                *_commissioning_provisioning(referral),
             ],
         },
         {
@@ -263,6 +258,19 @@ def referral_resource(state: SandboxState, referral: Referral, base_url: str) ->
     resource["intent"] = "plan"
     resource["identifier"] = [{"system": REQUEST_ID_SYSTEM, "value": referral.request_id}]
     return resource
+
+
+def _commissioning_provisioning(referral: Referral) -> list[Json]:
+    if not referral.commissioning_provisioning:
+        return []
+    return [
+        {
+            "name": "commissioningProvisioning",
+            "valueCoding": coding(
+                CS + "eRS-CommissioningProvisioning-1", "ALL_AVAILABLE_FOR_BOOKING"
+            ),
+        }
+    ]
 
 
 def _shortlist_entry(state: SandboxState, service_id: str) -> Json:

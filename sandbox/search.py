@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,11 +12,13 @@ from aiohttp import web
 from sandbox import reference
 from sandbox.catalogue import ADVICE_REQUEST, APPOINTMENT_REQUEST, TRIAGE_REQUEST, Service
 from sandbox.context import caller, own_base_url, read_fhir_json, state
-from sandbox.fhir import Json, dig, parameter, specialty_system
+from sandbox.fhir import SDS_USER_SYSTEM, Json, dig, parameter, specialty_system
 from sandbox.outcomes import fhir_response, unprocessable
 from sandbox.resources import service_list
 
 _NHS_NUMBER = re.compile(r"^\d{10}$")
+_SNOMED_CODE = re.compile(r"^\d{1,18}$")
+SNOMED_SYSTEM = "http://snomed.info/sct"
 # Parameters that e-RS accepts as search input but does not keep with the referral.
 _NOT_STORED = {"organisation", "commissioningProvisioning"}
 
@@ -28,6 +31,8 @@ class SearchCriteria:
     wait_limit_days: int | None
     organisation: str | None
     stored_parameters: list[Json]
+    clinical_term: str | None = None
+    named_clinician: str | None = None
 
 
 def require_parameters_resource(body: Any) -> Json:
@@ -80,6 +85,8 @@ def parse_search_criteria(resource: Any, base_url: str, where: str) -> SearchCri
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit < 0):
         raise unprocessable("INVALID_VALUE", f"'{where}/indicativeAppointmentWaitTimeLimit'.")
     organisation = dig(parameter(resource, "organisation"), "valueIdentifier", "value")
+    clinical_term = _clinical_term(resource, where)
+    named_clinician = _named_clinician(resource, where)
     stored = [
         dict(p)
         for p in resource["parameter"]
@@ -92,7 +99,35 @@ def parse_search_criteria(resource: Any, base_url: str, where: str) -> SearchCri
         wait_limit_days=limit,
         organisation=organisation if isinstance(organisation, str) else None,
         stored_parameters=stored,
+        clinical_term=clinical_term,
+        named_clinician=named_clinician,
     )
+
+
+def _clinical_term(resource: Json, where: str) -> str | None:
+    found = parameter(resource, "clinicalTerm")
+    if found is None:
+        return None
+    code = dig(found, "valueCoding", "code")
+    system = dig(found, "valueCoding", "system")
+    if system != SNOMED_SYSTEM or not isinstance(code, str) or not _SNOMED_CODE.match(code):
+        raise unprocessable(
+            "INVALID_VALUE", f"'{where}/clinicalTerm' must be a SNOMED CT code ({SNOMED_SYSTEM})."
+        )
+    return code
+
+
+def _named_clinician(resource: Json, where: str) -> str | None:
+    found = parameter(resource, "namedClinician")
+    if found is None:
+        return None
+    value = dig(found, "valueIdentifier", "value")
+    system = dig(found, "valueIdentifier", "system")
+    if system != SDS_USER_SYSTEM or not isinstance(value, str) or not value:
+        raise unprocessable(
+            "INVALID_VALUE", f"'{where}/namedClinician' must be an SDS user id ({SDS_USER_SYSTEM})."
+        )
+    return value
 
 
 def _offered(service: Service, request_type: str, criteria: SearchCriteria) -> bool:
@@ -105,12 +140,36 @@ def _offered(service: Service, request_type: str, criteria: SearchCriteria) -> b
         return False
     if criteria.clinic_type is not None and criteria.clinic_type not in service.clinic_types:
         return False
+    if criteria.clinical_term is not None and criteria.clinical_term not in service.clinical_terms:
+        return False
+    if criteria.named_clinician is not None and criteria.named_clinician not in service.clinicians:
+        return False
     if criteria.wait_limit_days is not None and (
         service.indicative_wait_days is None
         or service.indicative_wait_days > criteria.wait_limit_days
     ):
         return False
     return criteria.organisation is None or service.location_ods == criteria.organisation
+
+
+def _check_known(services: Iterable[Service], criteria: SearchCriteria) -> None:
+    """e-RS refuses a clinical term outside its dictionary and a clinician it cannot resolve;
+    the sandbox's dictionary and directory are its services' terms and named clinicians."""
+    listed = list(services)
+    if criteria.clinical_term is not None and not any(
+        criteria.clinical_term in s.clinical_terms for s in listed
+    ):
+        raise unprocessable(
+            "SNOMED_NOT_FOUND",
+            f"SNOMED code ({criteria.clinical_term}) is not in the e-RS dictionary.",
+        )
+    if criteria.named_clinician is not None and not any(
+        criteria.named_clinician in s.clinicians for s in listed
+    ):
+        raise unprocessable(
+            "REFERENCE_NOT_FOUND",
+            f"Named clinician ({criteria.named_clinician}) could not be found.",
+        )
 
 
 async def search_healthcare_services(request: web.Request) -> web.Response:
@@ -130,6 +189,7 @@ async def search_healthcare_services(request: web.Request) -> web.Response:
     )
 
     store = state(request)
+    _check_known(store.catalogue.services.values(), criteria)
     found = sorted(
         (s for s in store.catalogue.services.values() if _offered(s, request_type, criteria)),
         key=lambda s: (s.name, s.id),

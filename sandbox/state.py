@@ -6,8 +6,10 @@ check-then-mutate sequence without awaiting, so no locks are needed.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -17,7 +19,15 @@ from typing import Any
 import orjson
 
 from sandbox.budget import Budget
-from sandbox.catalogue import Catalogue, Slot, load_catalogue, seed_slots, slot_id
+from sandbox.catalogue import (
+    Catalogue,
+    Service,
+    Slot,
+    load_catalogue,
+    seed_slots,
+    service_from_json,
+    slot_id,
+)
 from sandbox.faults import FaultQueue
 from sandbox.fhir import BASE_URL_PLACEHOLDER, PRIORITY_SYSTEM, Json, specialty_system
 
@@ -105,6 +115,9 @@ class Referral:
     # user acted for), when the sandbox knows it.
     referrer: str | None = None
     first_reminder_days: int = 0
+    # e-RS shows commissioningProvisioning in the stored criteria of referrals it created with
+    # it; the specification's examples of the seeded referrals have none.
+    commissioning_provisioning: bool = True
     clinical_info_first_submitted: datetime | None = None
     clinical_info_last_updated: datetime | None = None
 
@@ -191,39 +204,73 @@ class SandboxState:
         self._next_ubrn = FIRST_UBRN
         self._next_appointment = FIRST_APPOINTMENT_ID
         self._next_attachment = FIRST_ATTACHMENT_ID
+        self.catalogue = load_catalogue()
         self.slots = {
             service.id: seed_slots(service, now) for service in self.catalogue.services.values()
         }
         self._reindex_slots()
         for raw in self._seed["binaries"]:
-            binary = Binary(
-                id=raw["id"],
-                data=raw["content"].encode(),
-                file_name=raw["file_name"],
-                content_type=raw["content_type"],
-                referral_id=raw.get("referral_id"),
-                uploaded=now,
-                ods_code=None,
-            )
-            self.binaries[binary.id] = binary
+            self.add_binary(raw)
         for raw in self._seed["referrals"]:
-            referral = Referral(
-                ubrn=raw["ubrn"],
-                version=int(raw["version"]),
-                state=raw["state"],
-                nhs_number=raw["nhs_number"],
-                ods_code=raw["ods_code"],
-                priority=raw["priority"],
-                specialty=raw.get("specialty"),
-                search_criteria=seed_search_criteria(
-                    raw["priority"], raw.get("specialty"), raw.get("clinic_type")
-                ),
-                service_ids=list(raw["service_ids"]),
-                created_via="seed",
-                request_id=raw["request_id"],
-                created=now,
+            self.add_referral(raw)
+
+    def add_service(self, raw: dict[str, Any]) -> Service:
+        """Add or replace a service (catalogue.json's form), with its seeded slots."""
+        service = service_from_json(raw)
+        self.catalogue.services[service.id] = service
+        self.slots[service.id] = seed_slots(service, self.clock())
+        self._reindex_slots()
+        return service
+
+    def add_binary(self, raw: dict[str, Any]) -> Binary:
+        """An uploaded file, as if A020 took it: `content` (text) or `content_base64`."""
+        data = (
+            base64.b64decode(raw["content_base64"], validate=True)
+            if "content_base64" in raw
+            else str(raw["content"]).encode()
+        )
+        binary = Binary(
+            id=str(raw["id"]),
+            data=data,
+            file_name=str(raw["file_name"]),
+            content_type=str(raw["content_type"]),
+            referral_id=raw.get("referral_id"),
+            uploaded=self.clock(),
+            ods_code=raw.get("ods_code"),
+        )
+        self.binaries[binary.id] = binary
+        return binary
+
+    def add_referral(self, raw: dict[str, Any]) -> Referral:
+        """A referral with a chosen UBRN, version and state (seed.json's form)."""
+        now = self.clock()
+        referral = Referral(
+            ubrn=str(raw["ubrn"]),
+            version=int(raw["version"]),
+            state=str(raw["state"]),
+            nhs_number=str(raw["nhs_number"]),
+            ods_code=str(raw["ods_code"]),
+            priority=str(raw["priority"]),
+            specialty=raw.get("specialty"),
+            search_criteria=seed_search_criteria(
+                raw["priority"], raw.get("specialty"), raw.get("clinic_type")
+            ),
+            service_ids=[str(service_id) for service_id in raw["service_ids"]],
+            created_via="seed",
+            request_id=str(raw.get("request_id") or f"r.{uuid.uuid4()}"),
+            created=now,
+            state_reason=raw.get("state_reason"),
+            pathway_start=raw.get("pathway_start"),
+            intends_letter=bool(raw.get("intends_letter", False)),
+            commissioning_provisioning=bool(raw.get("commissioning_provisioning", False)),
+        )
+        for binary_id in raw.get("letter_binary_ids", ()):
+            binary = self.binaries[str(binary_id)]
+            referral.attachments.append(
+                Attachment(self.new_attachment_id(), binary.id, binary.file_name, now, None)
             )
-            self.referrals[referral.ubrn] = referral
+        self.referrals[referral.ubrn] = referral
+        return referral
 
     def _reindex_slots(self) -> None:
         self.slot_index = {slot.id: slot for slots in self.slots.values() for slot in slots}

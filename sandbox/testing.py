@@ -144,6 +144,24 @@ class SandboxAdmin:
         )
         return found
 
+    async def put_service(self, service_id: str, service: dict[str, Any]) -> dict[str, Any]:
+        """Add or replace a service (data/catalogue.json's form)."""
+        found: dict[str, Any] = await self._json("PUT", f"/services/{service_id}", service)
+        return found
+
+    async def services(self) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = await self._json("GET", "/services")
+        return found
+
+    async def put_referral(self, ubrn: str, referral: dict[str, Any]) -> dict[str, Any]:
+        """A referral with a chosen UBRN, version and state (data/seed.json's form)."""
+        found: dict[str, Any] = await self._json("PUT", f"/referrals/{ubrn}", referral)
+        return found
+
+    async def add_binary(self, binary: dict[str, Any]) -> dict[str, Any]:
+        found: dict[str, Any] = await self._json("POST", "/binaries", binary)
+        return found
+
     async def binaries(self) -> list[dict[str, Any]]:
         found: list[dict[str, Any]] = await self._json("GET", "/binaries")
         return found

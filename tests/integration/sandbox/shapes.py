@@ -2,12 +2,26 @@
 
 Two bodies have the same shape when objects have the same keys (recursively), values have the same
 JSON types, and every element of an array has the shape of some element of the example's array.
-Values themselves may differ.
+Values themselves may differ, except the ones that say what a thing is: `resourceType`, a
+coding's or identifier's `system`, and an extension's `url` must each be one the example has in
+the same place (an identifier's system and an attachment's url are data).
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+
+def _vocabulary_keys(keys: set[str]) -> set[str]:
+    """Keys whose value is vocabulary, not data: a resource's type, a coding's system (an object
+    with a `code`), an extension's url (an object with a value or nested extensions)."""
+    found = {"resourceType"} & keys
+    if {"system", "code"} <= keys:
+        found.add("system")
+    rest = keys - {"url", "extension", "id"}
+    if "url" in keys and all(k.startswith("value") for k in rest) and len(keys) > 1:
+        found.add("url")
+    return found
 
 
 def _kind(value: Any) -> str:
@@ -43,6 +57,10 @@ def shape_mismatches(actual: Any, examples: list[Any], path: str = "$") -> list[
                 f"unexpected {sorted(keys - set(closest))}, missing {sorted(set(closest) - keys)}"
             ]
         problems: list[str] = []
+        for key in _vocabulary_keys(keys):
+            allowed = {option[key] for option in same_keys if isinstance(option[key], str)}
+            if isinstance(actual[key], str) and allowed and actual[key] not in allowed:
+                problems.append(f"{path}.{key}: {actual[key]!r}, example has {sorted(allowed)}")
         for key, value in actual.items():
             problems += shape_mismatches(
                 value, [option[key] for option in same_keys], f"{path}.{key}"

@@ -148,6 +148,7 @@ async def test_referral_summary(ers: httpx.AsyncClient, admin: SandboxAdmin) -> 
             "end": booked.json()["end"],
             "status": "booked",
             "reason": None,
+            "comment": None,
         },
         "created_via": "A011",
         "request_id": created["identifier"][0]["value"],

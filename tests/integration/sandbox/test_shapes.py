@@ -23,6 +23,22 @@ def test_missing_or_extra_keys_and_wrong_types_are_reported() -> None:
 
 def test_array_elements_may_match_any_example_element() -> None:
     example = {"extension": [{"url": "u", "valueBoolean": True}, {"url": "u", "valueString": "s"}]}
-    assert shape_mismatches({"extension": [{"url": "v", "valueString": "t"}]}, [example]) == []
-    assert shape_mismatches({"extension": [{"url": "v", "valueInteger": 1}]}, [example])
+    assert shape_mismatches({"extension": [{"url": "u", "valueString": "t"}]}, [example]) == []
+    assert shape_mismatches({"extension": [{"url": "u", "valueInteger": 1}]}, [example])
     assert shape_mismatches({"extension": []}, [example])
+
+
+def test_vocabulary_must_be_the_examples() -> None:
+    example = {"resourceType": "List", "coding": [{"system": "s", "code": "A"}]}
+    assert (
+        shape_mismatches(
+            {"resourceType": "List", "coding": [{"system": "s", "code": "B"}]}, [example]
+        )
+        == []
+    )
+    assert shape_mismatches(
+        {"resourceType": "Bundle", "coding": [{"system": "s", "code": "A"}]}, [example]
+    )
+    assert shape_mismatches(
+        {"resourceType": "List", "coding": [{"system": "t", "code": "A"}]}, [example]
+    )

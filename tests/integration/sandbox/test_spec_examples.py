@@ -317,3 +317,60 @@ async def test_a005_reflects_linked_letters_like_the_unbooked_example(
 async def test_search_flow_helper_finds_the_example_services(ers: httpx.AsyncClient) -> None:
     found = await search(ers, clinic_type="LIPID_MANAGEMENT")
     assert {"11000", "11002", "11004", "11021", "50001"} <= set(found)
+
+
+async def test_a010_clinical_term_example_finds_only_the_services_with_that_term(
+    ers: httpx.AsyncClient, admin: SandboxAdmin
+) -> None:
+    request = load(EXAMPLES / "patientServiceSearch/requests/RcSearchByClinicalTerm.json")
+    response = await ers.post(
+        "/STU3/HealthcareService/$ers.searchHealthcareServicesForPatient",
+        json=with_base_url(request, base_url(ers)),
+        headers={**ers_headers(RC), **FHIR_JSON},
+    )
+
+    assert response.status_code == 200, response.text
+    found = {entry["item"]["identifier"]["value"] for entry in response.json()["entry"]}
+    # 1003 with a wait limit of 15 days, at R69: the services listing the term, within the limit.
+    expected = {
+        s["id"]
+        for s in await admin.services()
+        if "1003" in s["clinical_terms"]
+        and s["indicative_wait_days"] is not None
+        and s["indicative_wait_days"] <= 15
+        and s["location"]["ods"] == "R69"
+    }
+    assert found == expected == {"11000", "11002", "11010"}
+
+
+@pytest.mark.parametrize("request_path", BOOKING_REQUESTS, ids=_ids(BOOKING_REQUESTS))
+async def test_a016_examples_are_taken_by_a_referral_seeded_through_the_admin_api(
+    ers: httpx.AsyncClient, admin: SandboxAdmin, request_path: Path
+) -> None:
+    # The same UBRN and version the examples name, put there by the admin API (as an engineer
+    # would for their own UBRNs) rather than by the reset's seed.
+    await admin.put_referral(
+        "000000070000",
+        {
+            "version": 6,
+            "state": "NOT_BOOKED",
+            "nhs_number": "9912003888",
+            "ods_code": "R69",
+            "priority": "URGENT",
+            "specialty": "CARDIOLOGY",
+            "service_ids": ["11000", "11002", "11021", "50001"],
+        },
+    )
+    business_function = business_function_for(
+        "a016-book-or-defer-appointment.yaml", request_path.name
+    )
+    response = await ers.post(
+        "/STU3/Appointment",
+        json=with_base_url(load(request_path), base_url(ers)),
+        headers={**ers_headers(business_function), **FHIR_JSON},
+    )
+
+    assert response.status_code == 201, response.text
+    assert (await admin.referral("000000070000"))["version"] == 7
+    example = load(EXAMPLES / "bookOrDeferAppointment/responses" / request_path.name)
+    assert_same_shape(response.json(), with_base_url(example, base_url(ers)))
