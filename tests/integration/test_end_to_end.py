@@ -435,6 +435,7 @@ async def test_defer_for_a_slot_the_patient_asked_about_references_it(harness: H
     assert referral["state"] == "DEFERRED_TO_PROVIDER"
     assert referral["appointment"]["slot_id"] == "99999999"
     assert referral["appointment"]["reason"] == "SLOT_NOT_AVAILABLE"
+    assert referral["appointment"]["comment"] == "Patient asked for an evening clinic"
 
 
 async def test_no_slot_in_the_booking_window_leaves_the_referral_unbooked(
