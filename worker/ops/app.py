@@ -10,6 +10,8 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from yarl import URL
+
 from worker.ers.budget import CallBudget
 from worker.ers.client import ErsClient, RetryPolicy
 from worker.ers.transport import AiohttpWire
@@ -19,6 +21,7 @@ from worker.messaging.tokens import MessageHeaderTokenProvider, StaticTokenProvi
 from worker.observability.logs import JsonFormatter
 from worker.observability.metrics import Metrics
 from worker.ops.failpoints import Failpoints
+from worker.ops.failure import OperatorError
 from worker.ops.settings import Settings
 from worker.saga.context import SagaOptions
 from worker.saga.policy import PARK_REASONS
@@ -64,11 +67,7 @@ async def open_store(
     open the store beside a running worker and must not)."""
     store: SagaStore
     if settings.saga_store == "postgres":
-        store = await PostgresSagaStore.open(
-            settings.postgres_dsn.get_secret_value(),
-            schema=settings.postgres_schema,
-            max_size=settings.concurrency + 2,
-        )
+        store = await _open_postgres(settings, max_size=settings.concurrency + 2)
         if not release_leases or not settings.replica_name or owner is None:
             return store
         # A stable name is this replica's alone: whoever held leases under it before this
@@ -85,6 +84,41 @@ async def open_store(
             "released leases of a previous run", extra={"sagas": released}
         )
     return store
+
+
+async def operator_store(settings: Settings, *, read_only: bool) -> SagaStore:
+    """The saga store as the operator tools open it, beside a running worker: no lease is
+    released, no schema or table is created, and ``read_only`` needs nothing but read access
+    (a read-only PostgreSQL login, a store file the operator may only read)."""
+    if settings.saga_store == "sqlite":
+        path = settings.saga_store_path
+        if not path.is_file():
+            raise OperatorError(
+                f"there is no saga store at {path}: check SAGA_STORE_PATH (and SAGA_STORE; "
+                "the worker creates the file when it starts)."
+            )
+        return await SqliteSagaStore.open(path, read_only=read_only)
+    return await _open_postgres(settings, max_size=2, migrate=False, read_only=read_only)
+
+
+async def _open_postgres(
+    settings: Settings, *, max_size: int, migrate: bool = True, read_only: bool = False
+) -> PostgresSagaStore:
+    dsn = settings.postgres_dsn.get_secret_value()
+    try:
+        return await PostgresSagaStore.open(
+            dsn,
+            schema=settings.postgres_schema,
+            max_size=max_size,
+            migrate=migrate,
+            read_only=read_only,
+        )
+    except (OSError, TimeoutError) as exc:  # refused, no route, name unknown: the network
+        where = URL(dsn)
+        raise OperatorError(
+            f"PostgreSQL is not reachable at {where.host}:{where.port or 5432}: start it (or "
+            "set POSTGRES_DSN), then run again."
+        ) from exc
 
 
 @asynccontextmanager

@@ -1,13 +1,18 @@
-"""``ers-worker``: the production entry point, the local demo and the operator tools.
+"""The ``ers-worker`` command: the production entry point, the local demo and the operator tools.
 
 ers-worker run                  consume referral requests until SIGTERM/SIGINT, then drain
 ers-worker demo                 what `make run` does: sandbox + worker + the sample requests
+ers-worker validate FILE...     check request files offline, with the worker's intake code
 ers-worker submit FILE...       publish referral requests (--wait for their outcomes)
 ers-worker status REQUEST_ID    a saga's step, history and outcome, from the saga store
 ers-worker dead-letters list|show|replay|drop   parked messages (looking changes nothing)
 ers-worker schemas [--write]    the JSON Schemas and the AsyncAPI document
 ers-worker definitions          the RabbitMQ definitions (deploy/rabbitmq/definitions.json)
 ers-worker env                  every setting with its default (deploy/worker.env.example)
+
+Every subcommand shares one exit-code table (``worker.ops.exits``), says what is wrong and
+what to do in one line on stderr when the cause is the operator's to fix, and (where it
+prints data) takes ``--json`` for JSON Lines.
 """
 
 from __future__ import annotations
@@ -19,12 +24,15 @@ import logging
 import os
 import signal
 import sys
+from argparse import ArgumentParser
+from importlib import metadata
 from pathlib import Path
 
 import orjson
 
 from worker.messaging.consumer import Worker
 from worker.messaging.topology import Names, definitions
+from worker.ops import exits, tools
 from worker.ops.app import configure_logging, request_handler
 from worker.ops.settings import Settings, env_example
 
@@ -59,60 +67,154 @@ async def serve(settings: Settings) -> int:
         await worker.stop()
     if worker.failed.is_set():
         log.error("exiting: not consuming after a reconnect")
-        return 3
-    return 0
+        return exits.NOT_CONSUMING
+    return exits.OK
 
 
 def _print_json(value: object) -> None:
     print(orjson.dumps(value, option=orjson.OPT_INDENT_2, default=str).decode())
 
 
+def _print_line(value: object) -> None:
+    """One JSON Lines record: one object, one line, for `jq` and scripts."""
+    print(orjson.dumps(value, default=str).decode())
+
+
+DESCRIPTION = (
+    "Carries referral requests from RabbitMQ through the NHS e-Referral Service (e-RS).\n\n"
+    "Settings come from the environment (`ers-worker env` lists them); the operator\n"
+    "subcommands use the same broker and saga store as the worker."
+)
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ers-worker", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="consume referral requests until SIGTERM/SIGINT")
-    demo = sub.add_parser("demo", help="run the bundled sandbox, the worker and the samples")
-    demo.add_argument("samples", nargs="*", help="request files (default: samples/*.json)")
-    demo.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for outcomes")
-    submit = sub.add_parser("submit", help="publish referral request files")
-    submit.add_argument("files", nargs="+", type=Path)
+    parser = argparse.ArgumentParser(
+        prog="ers-worker",
+        description=DESCRIPTION,
+        epilog=exits.TABLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(title="commands", dest="command", required=True, metavar="COMMAND")
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument(
+        "--json", action="store_true", help="machine-readable output: one JSON object per line"
+    )
+
+    def command(name: str, text: str, *parents: argparse.ArgumentParser) -> ArgumentParser:
+        return sub.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=exits.TABLE,
+            parents=list(parents),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    command("run", "consume referral requests until SIGTERM/SIGINT, then drain")
+    demo = command("demo", "run the bundled sandbox, the worker and the sample requests")
+    demo.add_argument(
+        "samples", nargs="*", metavar="FILE", help="request files (default: samples/*.json)"
+    )
+    demo.add_argument(
+        "--timeout", type=float, default=60.0, metavar="SECONDS",
+        help="seconds to wait for every outcome (default 60)",
+    )  # fmt: skip
+    validate = command(
+        "validate", "check request files offline, with the intake code the worker runs", as_json
+    )
+    validate.add_argument("files", nargs="+", type=Path, metavar="FILE", help="request file(s)")
+    submit = command("submit", "publish referral request files (all checked first)", as_json)
+    submit.add_argument(
+        "files", nargs="+", type=Path, metavar="FILE",
+        help="request file(s); nothing is published unless every one is readable and valid",
+    )  # fmt: skip
     submit.add_argument("--wait", action="store_true", help="wait for and print the outcomes")
-    submit.add_argument("--timeout", type=float, default=120.0)
-    status = sub.add_parser("status", help="a saga's state, history and outcome")
-    status.add_argument("request_id")
-    dead = sub.add_parser("dead-letters", help="parked messages")
-    dead_sub = dead.add_subparsers(dest="action", required=True)
-    listing = dead_sub.add_parser(
-        "list", help="reason, step, attempts and age of each parked message (a page at a time)"
+    submit.add_argument(
+        "--timeout", type=float, default=120.0, metavar="SECONDS",
+        help="with --wait: seconds to wait for every outcome (default 120)",
+    )  # fmt: skip
+    status = command("status", "a saga's step, history and outcome, from the saga store", as_json)
+    status.add_argument("request_id", metavar="REQUEST_ID", help="the request's request_id")
+    dead = command("dead-letters", "parked messages (looking changes nothing)")
+    dead_sub = dead.add_subparsers(title="actions", dest="action", required=True, metavar="ACTION")
+
+    def action(name: str, text: str) -> ArgumentParser:
+        return dead_sub.add_parser(
+            name,
+            help=text,
+            description=text[0].upper() + text[1:] + ".",
+            epilog=exits.TABLE,
+            parents=[as_json],
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+
+    listing = action(
+        "list", "reason, step, attempts and age of each parked message (a page at a time)"
     )
     listing.add_argument("--offset", type=int, default=0, help="skip this many (default 0)")
     listing.add_argument("--limit", type=int, default=1000, help="show at most this many")
-    show = dead_sub.add_parser("show", help="one parked message, attachments and NHS number masked")
-    show.add_argument("message_id")
-    again = dead_sub.add_parser("replay", help="send parked messages back to the work queue")
-    again.add_argument("message_ids", nargs="+")
+    show = action("show", "one parked message, attachments and NHS number masked")
+    show.add_argument("message_id", metavar="MESSAGE_ID", help="as `dead-letters list` shows it")
+    again = action("replay", "send parked messages back to the work queue")
+    again.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID", help="message(s) to replay")
     again.add_argument(
         "--reopen",
         action="store_true",
         help="make their finished sagas resumable (after a person fixed the cause)",
     )
-    gone = dead_sub.add_parser("drop", help="remove parked messages a person has settled")
-    gone.add_argument("message_ids", nargs="+")
-    schemas = sub.add_parser("schemas", help="print the JSON Schemas and the AsyncAPI document")
+    gone = action("drop", "remove parked messages a person has settled")
+    gone.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID", help="message(s) to drop")
+    schemas = command("schemas", "print the JSON Schemas and the AsyncAPI document", as_json)
     schemas.add_argument("--write", action="store_true", help="write them under schemas/")
-    sub.add_parser("definitions", help="print the RabbitMQ definitions of the topology")
-    sub.add_parser("env", help="print every setting with its default, as an env file")
+    command("definitions", "print the RabbitMQ definitions of the topology (JSON)")
+    command("env", "print every setting with its default, as an env file")
     return parser
 
 
+def _version() -> str:
+    try:
+        return metadata.version("ers-worker")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "(not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = _parser().parse_args(argv)  # a usage error exits 2, with argparse's message
+    context = _Context()
+    try:
+        return _dispatch(args, context)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return exits.INTERRUPTED
+    except BrokenPipeError:
+        # The reader of stdout went away (`| head`): not all was delivered, and Python
+        # must not complain again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return exits.NOT_ALL
+    except Exception as exc:
+        problem = exits.explain(exc, context.settings)
+        if problem is None:
+            raise  # a bug: its traceback is what a developer needs
+        print(str(problem), file=sys.stderr)
+        return problem.exit_code
+
+
+class _Context:
+    """What the entry point knows when a failure reaches it (to explain it)."""
+
+    settings: Settings | None = None
+
+
+def _dispatch(args: argparse.Namespace, context: _Context) -> int:
     if args.command == "schemas":
-        return _schemas(write=args.write)
+        return _schemas(write=args.write, as_json=args.json)
     if args.command == "env":
         print(env_example(), end="")
-        return 0
-    settings = Settings()
+        return exits.OK
+    if args.command == "validate":
+        return _validate(args.files, as_json=args.json)
+    settings = context.settings = Settings()
     if args.command == "definitions":
         document = definitions(
             Names(settings.topology_prefix),
@@ -120,56 +222,65 @@ def main(argv: list[str] | None = None) -> int:
             delays=settings.retry_delays,
         )
         _print_json(document)
-        return 0
+        return exits.OK
     if args.command == "demo":
         from worker.ops.demo import run_demo
 
         # The demo's output is its table; logs only when asked for with LOG_LEVEL.
         configure_logging(os.environ.get("LOG_LEVEL", "ERROR"))
+        _quiet_broker_client()
         return asyncio.run(run_demo(settings, args.samples, args.timeout))
     if args.command == "run":
         configure_logging(settings.log_level)
         return asyncio.run(serve(settings))
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
+    _quiet_broker_client()
     return asyncio.run(_operate(settings, args))
+
+
+def _quiet_broker_client() -> None:
+    # The operator commands say in one line what a failed connection means; the AMQP
+    # client's own log of it would only repeat it as a JSON record.
+    for name in ("aio_pika", "aiormq"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def _validate(files: list[Path], *, as_json: bool) -> int:
+    from worker.ops import tools as ops
+
+    checked = ops.check_files(files)
+    for request in checked:
+        if as_json:
+            _print_line(request.report())
+        else:
+            print("\n".join(_problem_lines(request)))
+    return exits.NOT_ALL if any(r.problems for r in checked) else exits.OK
+
+
+def _problem_lines(request: tools.Checked) -> list[str]:
+    if not request.problems:
+        return [f"{request.path}: valid (request_id {request.request_id})"]
+    return [f"{request.path}: invalid: {p.field}: {p.problem}" for p in request.problems]
 
 
 async def _operate(settings: Settings, args: argparse.Namespace) -> int:
     from worker.ops import dead_letters
-    from worker.ops import tools as ops
 
     token = os.environ.get(TOKEN_ENV)
     if args.command == "submit":
-        results = await ops.submit(
-            settings, args.files, token=token, wait=args.wait, timeout=args.timeout
-        )
-        for result in results:
-            outcome = result.get("outcome")
-            if outcome is None and args.wait:
-                print(f"{result['file']}: no outcome within {args.timeout:.0f}s")
-            elif outcome is None:
-                print(f"{result['file']}: published ({result['correlation_id']})")
-            else:
-                print(
-                    f"{result['file']}: {outcome['status']} {outcome.get('path') or '-'} "
-                    f"UBRN {outcome.get('ubrn') or '-'}"
-                    + (f" error {outcome['error']['code']}" if outcome.get("error") else "")
-                )
-        return 1 if args.wait and any(r.get("outcome") is None for r in results) else 0
+        return await _submit(settings, args, token)
     if args.command == "status":
-        saga = await ops.saga_status(settings, args.request_id)
-        if saga is None:
-            print(f"no saga with request id {args.request_id}", file=sys.stderr)
-            return 1
-        print("\n".join(ops.describe(saga)))
-        if saga.outcome:
-            print("outcome:")
-            _print_json(orjson.loads(saga.outcome))
-        return 0
+        return await _status(settings, args)
     if args.action == "list":
         page = await dead_letters.look(settings, offset=args.offset, limit=args.limit)
+        if not args.json:
+            print(LIST_HEADER.rstrip())
         for parked in page.parked:
-            _print_json(parked.summary())
+            summary = parked.summary()
+            if args.json:
+                _print_line(summary)
+            else:
+                print(LIST_ROW.format(**{k: "-" if v is None else v for k, v in summary.items()}))
         shown_to = page.offset + len(page.parked)
         if shown_to < page.total:
             print(
@@ -177,41 +288,103 @@ async def _operate(settings: Settings, args: argparse.Namespace) -> int:
                 f"--offset {shown_to}",
                 file=sys.stderr,
             )
-        return 0
+        return exits.OK
     if args.action == "show":
         found = await dead_letters.show(settings, args.message_id)
         if found is None:
             print(f"no parked message {args.message_id}", file=sys.stderr)
-            return 1
+            return exits.NOT_ALL
         parked, body = found
-        _print_json(
-            {**parked.summary(), "headers": parked.headers, "body": ops.redacted_body(body)}
-        )
-        return 0
+        shown = {**parked.summary(), "headers": parked.headers, "body": tools.redacted_body(body)}
+        (_print_line if args.json else _print_json)(shown)
+        return exits.OK
     if args.action == "drop":
-        dropped = await dead_letters.drop(settings, set(args.message_ids))
-        for message_id in dropped:
-            print(f"dropped {message_id}")
-        for message_id in sorted(set(args.message_ids) - set(dropped)):
-            print(f"no parked message {message_id}", file=sys.stderr)
-        return 0 if len(dropped) == len(set(args.message_ids)) else 1
-    replayed = await dead_letters.replay(
-        settings, set(args.message_ids), token=token, reopen=args.reopen
-    )
-    for message_id in replayed:
-        print(f"replayed {message_id}")
-    missing = set(args.message_ids) - set(replayed)
-    for message_id in sorted(missing):
-        print(f"no parked message {message_id}", file=sys.stderr)
+        asked = set(args.message_ids)
+        dropped = await dead_letters.drop(settings, asked)
+        _settled(args, "dropped", dropped, asked)
+        return exits.OK if len(dropped) == len(asked) else exits.NOT_ALL
+    asked = set(args.message_ids)
+    replayed = await dead_letters.replay(settings, asked, token=token, reopen=args.reopen)
+    _settled(args, "replayed", replayed, asked)
     if not token:
         print(
             f"note: no {TOKEN_ENV} given: the worker will ask the requester to re-authenticate",
             file=sys.stderr,
         )
-    return 1 if missing else 0
+    return exits.OK if len(replayed) == len(asked) else exits.NOT_ALL
 
 
-def _schemas(*, write: bool) -> int:
+LIST_HEADER = f"{'message id':<36}  {'request id':<30}  {'reason':<24}  {'step':<14}  attempts  age"
+LIST_ROW = (
+    "{message_id:<36}  {request_id:<30}  {reason:<24}  {step:<14}  {attempts:>8}  {age_seconds}s"
+)
+
+
+def _settled(args: argparse.Namespace, done: str, ids: list[str], asked: set[str]) -> None:
+    missing = sorted(asked - set(ids))
+    for message_id in ids:
+        if args.json:
+            _print_line({"message_id": message_id, "result": done})
+        else:
+            print(f"{done} {message_id}")
+    for message_id in missing:
+        if args.json:
+            _print_line({"message_id": message_id, "result": "not_found"})
+        print(f"no parked message {message_id}", file=sys.stderr)
+
+
+async def _submit(settings: Settings, args: argparse.Namespace, token: str | None) -> int:
+    checked = tools.check_files(args.files)
+    invalid = [r for r in checked if r.problems]
+    if invalid:
+        for request in invalid:
+            print("\n".join(_problem_lines(request)), file=sys.stderr)
+        print(
+            f"nothing was published: {len(invalid)} of {len(checked)} files are invalid "
+            "(fix the fields above; `ers-worker validate` checks them offline).",
+            file=sys.stderr,
+        )
+        return exits.NOT_ALL
+    results = await tools.submit(
+        settings, checked, token=token, wait=args.wait, timeout=args.timeout
+    )
+    for result in results:
+        if args.json:
+            _print_line(result)
+            continue
+        outcome = result.get("outcome")
+        if outcome is None and args.wait:
+            print(f"{result['file']}: no outcome within {args.timeout:.0f}s")
+        elif outcome is None:
+            print(f"{result['file']}: published ({result['correlation_id']})")
+        else:
+            print(
+                f"{result['file']}: {outcome['status']} {outcome.get('path') or '-'} "
+                f"UBRN {outcome.get('ubrn') or '-'}"
+                + (f" error {outcome['error']['code']}" if outcome.get("error") else "")
+            )
+    if not args.wait:
+        return exits.OK
+    completed = [r for r in results if (r["outcome"] or {}).get("status") == "COMPLETED"]
+    return exits.OK if len(completed) == len(results) else exits.NOT_ALL
+
+
+async def _status(settings: Settings, args: argparse.Namespace) -> int:
+    saga = await tools.saga_status(settings, args.request_id)
+    if saga is None:
+        print(f"no saga with request id {args.request_id}", file=sys.stderr)
+        return exits.NOT_ALL
+    if args.json:
+        _print_line(tools.saga_json(saga))
+        return exits.OK
+    print("\n".join(tools.describe(saga)))
+    if saga.outcome:
+        print("outcome:")
+        _print_json(orjson.loads(saga.outcome))
+    return exits.OK
+
+
+def _schemas(*, write: bool, as_json: bool) -> int:
     from schemas import export
 
     documents = export.render_all()
@@ -224,13 +397,16 @@ def _schemas(*, write: bool) -> int:
         if asyncapi is not None:
             asyncapi.main()
         return code
-    for name, text in documents.items():
-        print(f"# schemas/{name}")
-        print(text.decode(), end="")
+    parsed: dict[str, object] = {name: orjson.loads(text) for name, text in documents.items()}
     if asyncapi is not None:
-        print("# schemas/asyncapi.json")
-        _print_json(asyncapi.build())
-    return 0
+        parsed["asyncapi.json"] = asyncapi.build()
+    for name, document in parsed.items():
+        if as_json:
+            _print_line({"path": f"schemas/{name}", "document": document})
+        else:
+            print(f"# schemas/{name}")
+            _print_json(document)
+    return exits.OK
 
 
 if __name__ == "__main__":

@@ -40,7 +40,7 @@ from worker.messaging.headers import (
 from worker.messaging.outgoing import copy_message
 from worker.messaging.publish import confirmed_channel
 from worker.messaging.topology import Names
-from worker.ops.app import open_store
+from worker.ops.app import operator_store
 from worker.ops.settings import Settings
 from worker.saga.policy import reopenable
 
@@ -198,7 +198,7 @@ async def replay(
     did not take effect).
     """
     names = Names(settings.topology_prefix)
-    store = await open_store(settings, release_leases=False) if reopen else None
+    store = await operator_store(settings, read_only=False) if reopen else None
     replayed: list[str] = []
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     try:

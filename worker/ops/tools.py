@@ -1,4 +1,4 @@
-"""Operator tools behind the ``ers-worker`` CLI: submit, status, dead-letters.
+"""Operator tools behind the ``ers-worker`` CLI: validate, submit, status.
 
 What they show never includes an access token (parked messages have none) or attachment
 bytes; NHS numbers are masked to their last four digits.
@@ -7,19 +7,26 @@ bytes; NHS numbers are masked to their last four digits.
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import aio_pika
 import orjson
+from aio_pika.abc import AbstractQueue
 from tqdm import tqdm
 
+from schemas.events import FieldError
+from worker.messaging.intake import Rejection, parse_request
 from worker.messaging.publish import confirmed_channel, publish_request
 from worker.messaging.topology import Names
-from worker.ops.app import open_store
+from worker.ops.app import operator_store
+from worker.ops.failure import OperatorError
 from worker.ops.settings import Settings
 from worker.saga.store import StoredSaga
 
@@ -46,58 +53,146 @@ def redacted_body(body: bytes) -> Any:
     return data
 
 
-# --- submit ---
+# --- validate and submit ---
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """One request file as the worker's intake sees it."""
+
+    path: Path
+    body: bytes
+    request_id: str | None
+    problems: list[FieldError]
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "file": str(self.path),
+            "valid": not self.problems,
+            "request_id": self.request_id,
+            "problems": [p.model_dump(mode="json") for p in self.problems],
+        }
+
+
+def check_files(paths: list[Path]) -> list[Checked]:
+    """Read every file, then check each with the very intake code the worker runs
+    (``parse_request``), so a check added there is a check here. An unreadable file is the
+    operator's to fix: nothing is checked (or sent) until every file can be read."""
+    bodies: list[tuple[Path, bytes]] = []
+    unreadable: list[str] = []
+    for path in paths:
+        try:
+            bodies.append((path, path.read_bytes()))
+        except OSError as exc:
+            unreadable.append(f"{path} ({exc.strerror or type(exc).__name__})")
+    if unreadable:
+        raise OperatorError(
+            f"cannot read {', '.join(unreadable)}: nothing was checked or published; fix the "
+            "path(s) and run again."
+        )
+    checked: list[Checked] = []
+    for path, body in bodies:
+        parsed = parse_request(body)
+        if isinstance(parsed, Rejection):
+            checked.append(Checked(path, body, parsed.request_id, list(parsed.problems)))
+        else:
+            checked.append(Checked(path, body, parsed.request_id, []))
+    return checked
+
+
+def _bar(total: int, desc: str) -> tqdm[Any]:
+    # disable=None: drawn only when stderr is a terminal; a file or a pipe gets no bar and no
+    # carriage returns.
+    return tqdm(total=total, desc=desc, unit="request", file=sys.stderr, disable=None)
 
 
 async def submit(
-    settings: Settings, files: list[Path], *, token: str | None, wait: bool, timeout: float
+    settings: Settings, requests: list[Checked], *, token: str | None, wait: bool, timeout: float
 ) -> list[dict[str, Any]]:
-    """Publish request files; with ``wait``, return their outcomes (None where none came)."""
+    """Publish checked requests (each confirmed by the broker); with ``wait``, add their
+    outcomes (None where none came within ``timeout``). The progress bar covers both."""
     names = Names(settings.topology_prefix)
     connection = await aio_pika.connect(settings.amqp_url.get_secret_value())
     async with connection:
         channel = await confirmed_channel(connection)
         replies = await channel.declare_queue(exclusive=True, auto_delete=True)
         exchange = await channel.get_exchange(names.requests_exchange)
-        sent: dict[str, Path] = {}
-        for path in tqdm(files, desc="submitting", unit="request", disable=len(files) < 10):
-            correlation_id = await publish_request(
-                exchange,
-                path.read_bytes(),
-                reply_to=replies.name,
-                correlation_id=f"submit-{uuid.uuid4().hex}",
-                token=token or None,
-            )
-            sent[correlation_id] = path
-        if not wait:
-            return [{"file": str(p), "correlation_id": c} for c, p in sent.items()]
+        sent: dict[str, Checked] = {}
+        with _bar(len(requests), "publishing") as bar:
+            for request in requests:
+                correlation_id = await publish_request(
+                    exchange,
+                    request.body,
+                    reply_to=replies.name,
+                    correlation_id=f"submit-{uuid.uuid4().hex}",
+                    token=token or None,
+                )
+                sent[correlation_id] = request
+                bar.update()
         outcomes: dict[str, dict[str, Any]] = {}
-        try:
-            async with asyncio.timeout(timeout), replies.iterator() as messages:
-                async for message in messages:
-                    await message.ack()
-                    event = orjson.loads(message.body)
-                    if event.get("event_type") == "referral.outcome":
-                        outcomes[message.correlation_id or ""] = event
-                        if len(outcomes) == len(sent):
-                            break
-        except TimeoutError:
-            pass
+        if wait:
+            with _bar(len(sent), "outcomes") as bar:
+                outcomes = await _outcomes(replies, set(sent), timeout, bar.update)
         return [
-            {"file": str(p), "correlation_id": c, "outcome": outcomes.get(c)}
-            for c, p in sent.items()
+            {
+                "file": str(r.path),
+                "request_id": r.request_id,
+                "correlation_id": c,
+                "published": True,
+                **({"outcome": outcomes.get(c)} if wait else {}),
+            }
+            for c, r in sent.items()
         ]
+
+
+async def _outcomes(
+    replies: AbstractQueue, expected: set[str], timeout: float, arrived: Callable[[], object]
+) -> dict[str, dict[str, Any]]:
+    outcomes: dict[str, dict[str, Any]] = {}
+    try:
+        async with asyncio.timeout(timeout), replies.iterator() as messages:
+            async for message in messages:
+                await message.ack()
+                event = orjson.loads(message.body)
+                cid = message.correlation_id or ""
+                if event.get("event_type") == "referral.outcome" and cid in expected:
+                    outcomes[cid] = event
+                    arrived()
+                    if len(outcomes) == len(expected):
+                        break
+    except TimeoutError:
+        pass
+    return outcomes
 
 
 # --- status ---
 
 
 async def saga_status(settings: Settings, request_id: str) -> StoredSaga | None:
-    store = await open_store(settings, release_leases=False)
+    store = await operator_store(settings, read_only=True)
     try:
         return await store.load(request_id)
     finally:
         await store.close()
+
+
+def saga_json(saga: StoredSaga) -> dict[str, Any]:
+    """The saga as one JSON object: its state (which never holds the NHS number, the token
+    or attachment bytes), where it runs, and its outcome event."""
+    now = time.time()
+    return {
+        "request_id": saga.request_id,
+        "final": saga.final,
+        "owner": saga.owner,
+        "lease_seconds_left": (
+            None if saga.lease_until is None else round(max(0.0, saga.lease_until - now), 1)
+        ),
+        "claims": saga.claims,
+        "created_at": datetime.fromtimestamp(saga.created_at, UTC).isoformat(),
+        "updated_at": datetime.fromtimestamp(saga.updated_at, UTC).isoformat(),
+        "state": saga.state.model_dump(mode="json"),
+        "outcome": orjson.loads(saga.outcome) if saga.outcome else None,
+    }
 
 
 def describe(saga: StoredSaga) -> Iterator[str]:

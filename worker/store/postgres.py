@@ -45,6 +45,19 @@ _COLUMNS = (
 )
 
 
+async def _migrate(dsn: str, schema: str) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            # Replicas starting together must not race on CREATE ... IF NOT EXISTS.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ers_sagas_schema'))")
+            await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
+            await conn.execute(f'SET LOCAL search_path TO "{schema}"')
+            await conn.execute(SCHEMA)
+    finally:
+        await conn.close()
+
+
 def _stored(row: asyncpg.Record) -> StoredSaga:
     return StoredSaga(
         request_id=row["request_id"],
@@ -67,22 +80,26 @@ class PostgresSagaStore:
 
     @classmethod
     async def open(
-        cls, dsn: str, *, schema: str = "public", max_size: int = 10
+        cls,
+        dsn: str,
+        *,
+        schema: str = "public",
+        max_size: int = 10,
+        migrate: bool = True,
+        read_only: bool = False,
     ) -> PostgresSagaStore:
+        """``migrate``: create the schema and table (the worker); operator tools open an
+        existing store without it, and ``read_only`` ones need nothing but SELECT."""
         if not schema.isidentifier():
             raise ValueError("schema must be a plain SQL identifier")
-        conn = await asyncpg.connect(dsn)
-        try:
-            async with conn.transaction():
-                # Replicas starting together must not race on CREATE ... IF NOT EXISTS.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ers_sagas_schema'))")
-                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{schema}"')
-                await conn.execute(f'SET LOCAL search_path TO "{schema}"')
-                await conn.execute(SCHEMA)
-        finally:
-            await conn.close()
+        if migrate:
+            await _migrate(dsn, schema)
+        server_settings = {"search_path": schema}
+        if read_only:
+            # A read that would write fails loudly rather than changing the store.
+            server_settings["default_transaction_read_only"] = "on"
         pool = await asyncpg.create_pool(
-            dsn, min_size=1, max_size=max_size, server_settings={"search_path": schema}
+            dsn, min_size=1, max_size=max_size, server_settings=server_settings
         )
         return cls(pool)
 

@@ -125,12 +125,17 @@ class SqliteSagaStore:
         self._flusher: asyncio.Task[None] | None = None
 
     @classmethod
-    async def open(cls, path: Path) -> SqliteSagaStore:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    async def open(cls, path: Path, *, read_only: bool = False) -> SqliteSagaStore:
+        """``read_only`` (operator reads): an existing file, opened so nothing can change it."""
+        if not read_only:
+            path.parent.mkdir(parents=True, exist_ok=True)
         # One worker: the connection is made, used and closed on that thread alone.
         thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="saga-store")
 
         def connect() -> sqlite3.Connection:
+            if read_only:
+                uri = f"{path.resolve().as_uri()}?mode=ro"
+                return sqlite3.connect(uri, uri=True, isolation_level=None)
             db = sqlite3.connect(path, isolation_level=None)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")  # a checkpoint must survive power loss
