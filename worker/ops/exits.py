@@ -109,9 +109,11 @@ def _postgres(exc: BaseException, settings: Settings) -> OperatorError | None:
             f"'{settings.postgres_schema}' and SELECT on its ers_sagas table."
         )
     if isinstance(exc, asyncpg.UndefinedTableError):
+        # Without USAGE on the schema, PostgreSQL too says the table does not exist.
         return OperatorError(
-            f"{where} has no saga table in schema '{settings.postgres_schema}': check "
-            "POSTGRES_DSN and POSTGRES_SCHEMA (the worker creates the table when it starts)."
+            f"{where} has no saga table in schema '{settings.postgres_schema}' that {role} "
+            "can see: check POSTGRES_DSN and POSTGRES_SCHEMA, and that the role has USAGE on "
+            "the schema (the worker creates the table when it starts)."
         )
     if isinstance(exc, asyncpg.TooManyConnectionsError | asyncpg.CannotConnectNowError):
         return OperatorError(f"{where} turned the connection away ({exc}): try again later.")
