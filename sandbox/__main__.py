@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
+from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
 from sandbox.app import create_app
 from sandbox.fhir import BASE_PATH
+from sandbox.oauth import PLATFORM
 
 
 def _parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -30,12 +34,28 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="enforce an application-wide limit of N requests in any second, answering 429 "
         "with Retry-After beyond it, as e-RS does (default: no limit)",
     )
+    parser.add_argument(
+        "--app-api-key",
+        default=None,
+        help="register an application with the sandbox's API platform (with --app-jwks): "
+        "e-RS endpoints then take only access tokens from its /oauth2/token",
+    )
+    parser.add_argument(
+        "--app-jwks", default=None, metavar="FILE", help="the application's public JWKS"
+    )
     parser.add_argument("--log-level", default="INFO")
     return parser.parse_args(argv)
 
 
+def _read_jwks(path: str) -> dict[str, Any]:
+    jwks: dict[str, Any] = json.loads(Path(path).read_text())
+    return jwks
+
+
 async def _serve(args: argparse.Namespace) -> None:
     app = create_app(public_base_url=args.public_base_url, rate_limit=args.rate_limit)
+    if args.app_api_key and args.app_jwks:
+        app[PLATFORM].register(args.app_api_key, _read_jwks(args.app_jwks))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, args.host, args.port)

@@ -18,6 +18,7 @@ from sandbox import (
     appointments,
     binaries,
     letters,
+    oauth,
     reference,
     referrals,
     search,
@@ -103,6 +104,7 @@ async def _answer(
     if endpoint is None:
         return await handler(request)
     check_headers(endpoint, request)
+    oauth.check_token(endpoint, request, request.headers.get("Authorization", "")[7:])
     wait = state(request).budget.admit()
     if wait is not None:
         raise ErsError(
@@ -225,5 +227,6 @@ def create_app(
     for method, path, handler, _ in ROUTES:
         app.router.add_route(method, BASE_PATH + path, handler)
     admin.add_admin_routes(app)
+    oauth.add_routes(app)  # the API platform's /oauth2/token and the test CIS2 issuer
     app.router.add_route("*", BASE_PATH + "/{tail:.*}", _not_found)
     return app

@@ -16,6 +16,7 @@ import orjson
 from schemas.referral_request import ActingUser, Priority
 from worker.ers.request import FHIR_JSON, Caller, ErsRequest, Sender
 from worker.fhir.vocabulary import Endpoint
+from worker.saga.errors import ErsAuthError
 from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply, NotTaken
 
 
@@ -41,6 +42,8 @@ class ErsSession:
             priority=priority,
             turn=turn,
         )
+        # Set when the worker exchanges the user's CIS2 ID token (worker.ers.token_exchange).
+        self._renew = token.renew
         self._headers = {
             "NHSD-End-User-Organisation-ODS": user.ods_code,
             "NHSD-eRS-Business-Function": user.business_function.value,
@@ -76,7 +79,18 @@ class ErsSession:
             params=params,
             long_running=long_running,
         )
-        return await self._client.call(request, self._caller)
+        renew = self._renew
+        if renew is None:
+            return await self._client.call(request, self._caller)
+        caller = self._caller
+        caller.token = await renew(None, caller.priority, caller.turn)
+        try:
+            return await self._client.call(request, caller)
+        except ErsAuthError:
+            # e-RS refused the token before acting (401): a fresh exchange, once, as long
+            # as the ID token is good; a refusal of that raises REAUTHENTICATION_NEEDED.
+            caller.token = await renew(caller.token, caller.priority, caller.turn)
+            return await self._client.call(request, caller)
 
     # --- the endpoints of the referrer flow ---
 

@@ -47,6 +47,7 @@ from worker.saga.ports import (
     LetterStore,
     MalformedToken,
     TokenProvider,
+    TokenUnusable,
 )
 from worker.saga.priority import turn
 from worker.saga.reference_data import ReferenceData
@@ -196,6 +197,15 @@ class RequestHandler:
             return self._answers.not_started(
                 request.request_id, correlation_id, request.source_system,
                 OutcomeStatus.REAUTHENTICATION_NEEDED, outcomes.malformed_token(str(exc)),
+            )  # fmt: skip
+        except TokenUnusable as exc:  # e.g. the CIS2 ID token has expired (message-id-token)
+            await durable.store.release(claim.state, durable.owner, self._clock())
+            log.warning(
+                "token unusable", extra={"request_id": request.request_id, "code": exc.code}
+            )
+            return self._answers.not_started(
+                request.request_id, correlation_id, request.source_system,
+                OutcomeStatus.REAUTHENTICATION_NEEDED, outcomes.token_unusable(exc.code, str(exc)),
             )  # fmt: skip
         if token is None or token.expired(self._now()):
             await durable.store.release(claim.state, durable.owner, self._clock())

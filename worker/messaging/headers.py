@@ -19,7 +19,10 @@ LETTER_READY_ROUTING_KEY = "referral.letter_ready"
 # --- set by the requester on a request ---
 TOKEN_HEADER = "x-ers-access-token"  # the acting user's CIS2 access token (a secret)
 EXPIRES_HEADER = "x-ers-token-expires-at"  # optional: ISO 8601, epoch seconds or timestamp
-SECRET_HEADERS = frozenset({TOKEN_HEADER, EXPIRES_HEADER})  # never parked, never shown
+# ERS_TOKEN_PROVIDER=message-id-token: the acting user's CIS2 ID token (a secret), which the
+# worker exchanges at the API platform for the access token (worker.ers.token_exchange).
+ID_TOKEN_HEADER = "x-ers-id-token"
+SECRET_HEADERS = frozenset({TOKEN_HEADER, EXPIRES_HEADER, ID_TOKEN_HEADER})  # never parked/shown
 
 # --- set by the worker on a request it sends through a delay queue ---
 ATTEMPT_HEADER = "x-ers-attempt"  # trips through a delay queue so far

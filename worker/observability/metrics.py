@@ -30,6 +30,26 @@ REQUEUED = "requeued"  # handed back on shutdown
 POISONED = "poisoned"  # last delivery of a message that never settled
 
 
+# The token exchange's results (label values): ok, transient faults, and the OAuth errors
+# (RFC 6749 section 5.2) a refusal names; anything else is "other".
+TOKEN_EXCHANGE_RESULTS = (
+    "ok",
+    "rate_limited",
+    "unavailable",
+    "server_error",
+    "timeout",
+    "connection_error",
+    "unreadable",
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "other",
+)
+
+
 def bounded_code(code: str | None) -> str:
     """An error code as a label value: e-RS' codes are a closed list; anything else is OTHER."""
     if code is None:
@@ -137,6 +157,26 @@ class Metrics:
             "its local share otherwise.",
             registry=r,
         )
+        # --- the API platform's token exchange (worker.ers.token_exchange) ---
+        self.token_exchange_attempts = Counter(
+            f"{PREFIX}_token_exchange_attempts",
+            "Token exchanges (CIS2 ID token for an access token), each attempt, by result: "
+            "ok, a transient fault, or the OAuth error of a refusal.",
+            ["result"],
+            registry=r,
+        )
+        self.token_exchange_latency = Histogram(
+            f"{PREFIX}_token_exchange_duration_seconds",
+            "Latency of one token exchange attempt.",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=r,
+        )
+        self.token_exchange_cache = Counter(
+            f"{PREFIX}_token_exchange_cache_lookups",
+            "Access-token cache lookups before an e-RS call, by result (hit, miss).",
+            ["result"],
+            registry=r,
+        )
         self.sorted = Counter(
             f"{PREFIX}_requests_sorted",
             "Requests moved from the intake queue to their priority's work queue.",
@@ -194,6 +234,10 @@ class Metrics:
                 self.sagas_finished.labels(outcome.value.lower(), path)
         for reason in park_reasons:
             self.dead_lettered.labels(reason)
+        for result in TOKEN_EXCHANGE_RESULTS:
+            self.token_exchange_attempts.labels(result)
+        for result in ("hit", "miss"):
+            self.token_exchange_cache.labels(result)
 
     # --- worker.saga.ports.SagaObserver ---
 

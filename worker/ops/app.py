@@ -10,13 +10,17 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from yarl import URL
 
 from worker.ers.budget import CallBudget
 from worker.ers.client import ErsClient, RetryPolicy
+from worker.ers.keys import KeyProblem, SigningKeys, load_keys
+from worker.ers.token_exchange import TokenCache, TokenExchanger, token_url_for
 from worker.ers.transport import AiohttpWire
 from worker.fhir.build import specialty_system
 from worker.messaging.handler import Durability, RequestHandler
+from worker.messaging.id_tokens import IdTokenProvider
 from worker.messaging.tokens import MessageHeaderTokenProvider, StaticTokenProvider
 from worker.observability.logs import JsonFormatter
 from worker.observability.metrics import Metrics
@@ -43,12 +47,63 @@ def build_wire(settings: Settings) -> AiohttpWire:
     )
 
 
-def build_token_provider(settings: Settings) -> TokenProvider:
+def build_token_http_client(settings: Settings) -> httpx.AsyncClient:
+    """HTTP for the API platform's token endpoint. Exchanges are rare (one per clinician
+    per ~10 minutes) and safe to repeat, so httpx's own transport serves; it honours the
+    environment's proxy and CA settings as the e-RS wire does."""
+    return httpx.AsyncClient(
+        timeout=httpx.Timeout(settings.ers_timeout_seconds, connect=10.0),
+        follow_redirects=False,
+    )
+
+
+def build_token_provider(
+    settings: Settings, exchanger: TokenExchanger | None = None
+) -> TokenProvider:
     if settings.ers_token_provider == "static":
         if settings.ers_static_token is None:
             raise ValueError("ERS_TOKEN_PROVIDER=static needs ERS_STATIC_TOKEN")
         return StaticTokenProvider(settings.ers_static_token)
+    if settings.ers_token_provider == "message-id-token":
+        if exchanger is None:
+            raise ValueError("ERS_TOKEN_PROVIDER=message-id-token needs the token exchange")
+        return IdTokenProvider(exchanger)
     return MessageHeaderTokenProvider()
+
+
+def signing_keys(settings: Settings) -> SigningKeys:
+    """The application's keys (``worker.ers.keys``); ``KeyProblem`` names what is wrong."""
+    if not settings.apim_key_id:
+        raise KeyProblem("APIM_KEY_ID is not set: it names the key that signs")
+    return load_keys(
+        directory=settings.apim_private_key_dir,
+        pem=settings.apim_private_key,
+        kid=settings.apim_key_id,
+    )
+
+
+def token_exchanger(
+    settings: Settings,
+    http: httpx.AsyncClient,
+    budget: CallBudget,
+    retry: RetryPolicy,
+    metrics: Metrics,
+) -> TokenExchanger | None:
+    """The exchange of ERS_TOKEN_PROVIDER=message-id-token; None in the other modes."""
+    if settings.ers_token_provider != "message-id-token":
+        return None
+    if not settings.apim_api_key:
+        raise KeyProblem("APIM_API_KEY is not set: ERS_TOKEN_PROVIDER=message-id-token needs it")
+    return TokenExchanger(
+        http,
+        token_url=settings.apim_token_url or token_url_for(settings.ers_base_url),
+        api_key=settings.apim_api_key,
+        keys=signing_keys(settings),
+        cache=TokenCache(settings.apim_token_margin_seconds),
+        budget=budget,
+        retry=retry,
+        metrics=metrics,
+    )
 
 
 def replica_name(settings: Settings) -> str:
@@ -139,23 +194,26 @@ async def _handler(
     failpoints = Failpoints(settings.failpoints)  # test-only crash points; none by default
     metrics = Metrics(park_reasons=PARK_REASONS)
     budget = call_budget(settings, metrics)
-    async with build_wire(settings) as wire, budget:
+    async with build_wire(settings) as wire, build_token_http_client(settings) as http, budget:
+        retry = RetryPolicy(
+            max_attempts=settings.ers_max_attempts,
+            initial_wait=settings.ers_retry_initial_seconds,
+            max_wait=settings.ers_retry_max_seconds,
+        )
         ers = ErsClient(
             wire,
             base_url=settings.ers_base_url,
             budget=budget,
-            retry=RetryPolicy(
-                max_attempts=settings.ers_max_attempts,
-                initial_wait=settings.ers_retry_initial_seconds,
-                max_wait=settings.ers_retry_max_seconds,
-            ),
+            retry=retry,
             booking_timeout_seconds=settings.ers_booking_timeout_seconds,
             metrics=metrics,
             failpoints=failpoints,
         )
         yield RequestHandler(
             ers=ers,
-            tokens=build_token_provider(settings),
+            tokens=build_token_provider(
+                settings, token_exchanger(settings, http, budget, retry, metrics)
+            ),
             letters=FileLetterStore(settings.letters_dir),
             reference=ReferenceData(settings.reference_data_ttl_seconds),
             options=SagaOptions(

@@ -34,6 +34,7 @@ from worker.messaging.headers import (
     REQUEST_ID_HEADER,
     REQUEST_ROUTING_KEY,
     RESET_ON_REPLAY,
+    SECRET_HEADERS,
     STEP_HEADER,
     TOKEN_HEADER,
 )
@@ -81,7 +82,7 @@ class Parked:
             age_seconds=age,
             attempts=attempts if isinstance(attempts, int) else 0,
             size=len(message.body),
-            headers={k: v for k, v in headers.items() if k != TOKEN_HEADER},
+            headers={k: v for k, v in headers.items() if k.lower() not in SECRET_HEADERS},
         )
 
     def summary(self) -> dict[str, Any]:

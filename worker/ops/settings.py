@@ -134,16 +134,56 @@ class Settings(BaseSettings):
         validation_alias=_env("ERS_RETRY_MAX_SECONDS"),
         description="Longest single backoff wait (also caps Retry-After).",
     )
-    ers_token_provider: Literal["message", "static"] = Field(
-        "message",
-        validation_alias=_env("ERS_TOKEN_PROVIDER"),
-        description="message: the user's token from each message's x-ers-access-token header; "
-        "static: ERS_STATIC_TOKEN for every message (sandbox only).",
+    ers_token_provider: Literal["message-access-token", "message-id-token", "static", "message"] = (
+        Field(
+            "message-access-token",
+            validation_alias=_env("ERS_TOKEN_PROVIDER"),
+            description="message-access-token: the user's access token from each message's "
+            "x-ers-access-token header (message is its old name); message-id-token: the user's "
+            "CIS2 ID token from x-ers-id-token, exchanged at the API platform (APIM_*); "
+            "static: ERS_STATIC_TOKEN for every message (sandbox only).",
+        )
     )
     ers_static_token: SecretStr | None = Field(
         None,
         validation_alias=_env("ERS_STATIC_TOKEN"),
         description="The token for ERS_TOKEN_PROVIDER=static.",
+    )
+    # --- the API platform's token exchange (ERS_TOKEN_PROVIDER=message-id-token) ---
+    apim_token_url: str = Field(
+        "",
+        validation_alias=_env("APIM_TOKEN_URL"),
+        description="The API platform's token endpoint; empty: /oauth2/token at the origin of "
+        "ERS_BASE_URL (https://int.api.service.nhs.uk/oauth2/token for integration).",
+    )
+    apim_api_key: str = Field(
+        "",
+        validation_alias=_env("APIM_API_KEY"),
+        description="The application's API key on the API platform (iss and sub of the client "
+        "assertion).",
+    )
+    apim_key_id: str = Field(
+        "",
+        validation_alias=_env("APIM_KEY_ID"),
+        description="The kid of the private key that signs client assertions (RS512).",
+    )
+    apim_private_key_dir: Path | None = Field(
+        None,
+        validation_alias=_env("APIM_PRIVATE_KEY_DIR"),
+        description="A directory of private keys, one <kid>.pem each (a mounted Kubernetes "
+        "Secret); every one is published by `ers-worker jwks`.",
+    )
+    apim_private_key: SecretStr | None = Field(
+        None,
+        validation_alias=_env("APIM_PRIVATE_KEY"),
+        description="A PEM private key for APIM_KEY_ID, when it is not in APIM_PRIVATE_KEY_DIR.",
+    )
+    apim_token_margin_seconds: float = Field(
+        60.0,
+        ge=0,
+        le=300,
+        validation_alias=_env("APIM_TOKEN_MARGIN_SECONDS"),
+        description="An exchanged access token is used until this long before it expires.",
     )
     slot_page_size: int = Field(
         20,

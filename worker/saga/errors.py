@@ -7,6 +7,7 @@ event all read it from here.
     │   ├── ErsTransientError         429, 5xx, connection, timeout        RETRY_NOW
     │   │   └── ErsRateLimited        429, with the Retry-After e-RS asked for
     │   ├── ErsAuthError              401: the user must re-authenticate   REAUTHENTICATE
+    │   │   └── ExchangeRefused       the API platform refused the token exchange
     │   ├── ErsConflict               409/412: our referral version is stale   REFRESH
     │   ├── ErsLocked                 423: someone else is updating it     WAIT
     │   ├── ErsRejected               other 4xx: refused as it stands      FAIL
@@ -14,6 +15,7 @@ event all read it from here.
     │   ├── ErsOutcomeUnknown         sent, effect unknown                 RECONCILE
     │   └── RequestNotSendable        httpx refused to send what we built  FAIL (parked)
     ├── TokenExpired                  expired before the call was made     REAUTHENTICATE
+    ├── IdTokenExpired                the CIS2 ID token, before an exchange  REAUTHENTICATE
     ├── NeedsReconciliation           an unknown effect e-RS cannot tell   ASK_A_PERSON
     ├── CreateNotYetVisible           a create not (yet) on the worklists  WAIT
     └── BusinessRuleFailure           the worker refused to go on          FAIL
@@ -114,6 +116,34 @@ class ErsAuthError(ErsError):
     disposition = Disposition.REAUTHENTICATE
 
 
+TOKEN_EXCHANGE = "TOKEN_EXCHANGE"  # the API platform's /oauth2/token, as errors name it
+# Which token an OAuth error is about, for the outcome's text.
+_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
+
+
+class ExchangeRefused(ErsAuthError):
+    """The platform refused the exchange: the outcome is REAUTHENTICATION_NEEDED, its code
+    naming the OAuth error (``TOKEN_EXCHANGE_INVALID_GRANT``...), its text which token."""
+
+    disposition = Disposition.REAUTHENTICATE
+
+    def __init__(self, status: int, error: str) -> None:
+        which = (
+            "the worker's client assertion (its API key, key or kid as registered with the "
+            "API platform)"
+            if error in _CLIENT_ERRORS
+            else "the CIS2 ID token"
+        )
+        super().__init__(
+            TOKEN_EXCHANGE,
+            status,
+            f"TOKEN_EXCHANGE_{error.upper()}",
+            diagnostics=f"the API platform refused to exchange the CIS2 ID token "
+            f"({error}): {which} was not accepted; re-send with a fresh CIS2 ID token",
+        )
+        self.error = error
+
+
 class ErsConflict(ErsError):
     disposition = Disposition.REFRESH
 
@@ -146,6 +176,13 @@ class RequestNotSendable(ErsError):
 
 class TokenExpired(SagaError):
     code = "TOKEN_EXPIRED"
+    disposition = Disposition.REAUTHENTICATE
+
+
+class IdTokenExpired(SagaError):
+    """The CIS2 ID token expired before an exchange was needed: only a re-send cures it."""
+
+    code = "ID_TOKEN_EXPIRED"
     disposition = Disposition.REAUTHENTICATE
 
 

@@ -132,6 +132,16 @@ def malformed_token(why: str) -> ErrorInfo:
     )
 
 
+def token_unusable(code: str, why: str) -> ErrorInfo:
+    """``why`` names the token and the fault (``worker.saga.ports.TokenUnusable``)."""
+    return ErrorInfo(
+        step=Step.REFERENCE_DATA,
+        code=code,
+        text=f"{why}: re-send with a fresh CIS2 ID token",
+        retryable=True,
+    )
+
+
 def busy_too_long(code: str) -> ErrorInfo:
     return ErrorInfo(
         step=Step.REFERENCE_DATA,

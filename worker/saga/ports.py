@@ -9,7 +9,7 @@ Steps talk only to these Protocols: ``worker.ers`` implements ``ErsPort`` over H
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol
 
@@ -98,13 +98,26 @@ class LetterStore(Protocol):
 @dataclass(frozen=True, slots=True)
 class AccessToken:
     """The acting user's e-RS access token. A SecretStr: its repr is masked, so it cannot
-    reach a log line or an exception message by accident."""
+    reach a log line or an exception message by accident.
+
+    ``renew`` is set when the worker gets the access token itself, by exchanging the user's
+    CIS2 ID token (``worker.ers.token_exchange``): ``value`` is then empty, ``expires_at`` is
+    the ID token's expiry (after it, only a re-send helps), and the session asks ``renew``
+    for the access token before each call, and once more after a 401."""
 
     value: SecretStr
     expires_at: datetime | None = None
+    renew: Renew | None = field(default=None, compare=False, repr=False)
 
     def expired(self, now: datetime) -> bool:
         return self.expires_at is not None and now >= self.expires_at
+
+
+Renew = Callable[["AccessToken | None", Priority, "float | None"], Awaitable[AccessToken]]
+"""``renew(refused, priority, turn)``: a valid access token (cached, or exchanged now at the
+budget's ``turn``); ``refused`` is one e-RS answered 401 to, dropped from the cache first.
+Raises the ``SagaError`` an exchange failure stands for (transient: the saga waits; refused:
+REAUTHENTICATION_NEEDED)."""
 
 
 class MalformedToken(ValueError):
@@ -112,10 +125,20 @@ class MalformedToken(ValueError):
     length). The message says why, never what the token was."""
 
 
+class TokenUnusable(ValueError):
+    """A token the worker cannot use (no CIS2 ID token, one that has expired or is no JWT):
+    ``code`` and the message say which token and why, never its value."""
+
+    def __init__(self, code: str, why: str) -> None:
+        super().__init__(why)
+        self.code = code
+
+
 class TokenProvider(Protocol):
     def token_for(self, headers: Mapping[str, Any]) -> AccessToken | None:
         """The token for the message with these AMQP headers, or None when there is none;
-        raises ``MalformedToken`` for one that cannot be sent."""
+        raises ``MalformedToken`` for one that cannot be sent, ``TokenUnusable`` for one
+        the worker cannot use."""
         ...
 
 

@@ -161,6 +161,8 @@ DISPOSITIONS: dict[type[SagaError], Disposition] = {
     errors.ErsOutcomeUnknown: Disposition.RECONCILE,
     errors.RequestNotSendable: Disposition.FAIL,
     errors.TokenExpired: Disposition.REAUTHENTICATE,
+    errors.ExchangeRefused: Disposition.REAUTHENTICATE,
+    errors.IdTokenExpired: Disposition.REAUTHENTICATE,
     errors.NeedsReconciliation: Disposition.ASK_A_PERSON,
     errors.CreateNotYetVisible: Disposition.WAIT,
     errors.BusinessRuleFailure: Disposition.FAIL,
@@ -201,6 +203,8 @@ def test_retryable_of_each_disposition() -> None:
 def instance(cls: type[SagaError]) -> SagaError:
     if cls is errors.ErsRateLimited:
         return errors.ErsRateLimited("A010", 2.0)
+    if cls is errors.ExchangeRefused:
+        return errors.ExchangeRefused(400, "invalid_grant")
     if issubclass(cls, errors.ErsError):
         return cls("A010", 400, "SOME_CODE")
     return cls("something went wrong")

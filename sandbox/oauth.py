@@ -1,0 +1,304 @@
+"""The API platform's side of the "CIS2 separate authentication and authorisation" pattern:
+``POST /oauth2/token`` exchanges a CIS2 ID token (from ``sandbox.cis2``) for an access token,
+for an application that authenticates with a client assertion signed by a key in its JWKS.
+
+Rules:
+1. The platform is enforced once an application is registered (``--app-api-key`` and
+   ``--app-jwks``, or ``POST /_sandbox/oauth/applications``): e-RS endpoints then answer 401
+   (the spec's NO_ACCESS body) to a token it did not issue or that has expired, and 403
+   (FORBIDDEN) when the ODS and business-function headers name a role profile the token's
+   user does not hold. Without one, any bearer token is taken, as before.
+2. The client assertion is checked as the platform does: RS512, a ``kid`` in the JWKS of the
+   application ``iss`` = ``sub`` names, ``aud`` = this token URL, ``exp`` present and at most
+   5 minutes ahead, a ``jti`` never seen before. Errors are OAuth JSON (``error``,
+   ``error_description``): 400 invalid_request / unsupported_grant_type / invalid_grant, 401
+   invalid_client.
+3. Access tokens live ``access_token_lifetime_seconds`` (599 by default, like the platform's).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import jwt
+import orjson
+from aiohttp import web
+
+from sandbox.access import BUSINESS_FUNCTION_HEADER, ODS_HEADER, Endpoint
+from sandbox.cis2 import Cis2User, IdTokenInvalid, Issuer, RoleProfile
+from sandbox.outcomes import ErsError
+
+TOKEN_PATH = "/oauth2/token"
+GRANT_TYPE = "urn:ietf:params:oauth:grant-type:token-exchange"
+SUBJECT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
+ISSUED_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:access_token"
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHM = "RS512"
+MAX_ASSERTION_SECONDS = 300
+
+
+@dataclass
+class Issued:
+    user: Cis2User
+    expires_at: float
+
+
+@dataclass
+class Platform:
+    issuer: Issuer = field(default_factory=Issuer)
+    applications: dict[str, dict[str, Any]] = field(default_factory=dict)  # api key -> kid -> JWK
+    access_token_lifetime_seconds: int = 599
+    tokens: dict[str, Issued] = field(default_factory=dict)
+    seen_jtis: dict[str, float] = field(default_factory=dict)  # jti -> its exp
+    exchanges: list[dict[str, Any]] = field(default_factory=list)  # results, never tokens
+
+    @property
+    def enforced(self) -> bool:
+        return bool(self.applications)
+
+    def register(self, api_key: str, jwks: dict[str, Any]) -> None:
+        keys = jwks.get("keys") if isinstance(jwks, dict) else None
+        if not api_key or not isinstance(keys, list) or not keys:
+            raise ValueError("an application needs an api_key and a JWKS with keys")
+        self.applications[api_key] = {
+            str(k["kid"]): k for k in keys if isinstance(k, dict) and k.get("kid")
+        }
+
+
+PLATFORM = web.AppKey("platform", Platform)
+
+
+class OAuthError(Exception):
+    def __init__(self, status: int, error: str, description: str) -> None:
+        super().__init__(description)
+        self.status = status
+        self.error = error
+        self.description = description
+
+    def response(self) -> web.Response:
+        body = {"error": self.error, "error_description": self.description}
+        return web.Response(
+            status=self.status, body=orjson.dumps(body), content_type="application/json"
+        )
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
+
+
+def token_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}{TOKEN_PATH}"
+
+
+def _check_assertion(platform: Platform, assertion: str, audience: str, now: float) -> None:
+    """Rule 2; raises the OAuthError the platform would answer with."""
+    try:
+        header = jwt.get_unverified_header(assertion)
+        unverified = jwt.decode(assertion, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise OAuthError(400, "invalid_request", "Malformed JWT in client_assertion") from None
+    kid = header.get("kid")
+    if not kid:
+        raise OAuthError(400, "invalid_request", "Missing 'kid' header in client_assertion JWT")
+    if header.get("alg") != ASSERTION_ALGORITHM:
+        raise OAuthError(
+            400, "invalid_request", "Invalid 'alg' header in client_assertion JWT - must be RS512"
+        )
+    iss, sub = unverified.get("iss"), unverified.get("sub")
+    if not iss or iss != sub or iss not in platform.applications:
+        raise OAuthError(
+            401, "invalid_client", "Invalid 'iss'/'sub' claims in client_assertion JWT"
+        )
+    jwk = platform.applications[iss].get(kid)
+    if jwk is None:
+        raise OAuthError(
+            401,
+            "invalid_client",
+            "Invalid 'kid' header in client_assertion JWT - no matching public key",
+        )
+    try:
+        claims = jwt.decode(
+            assertion,
+            jwt.PyJWK(jwk, ASSERTION_ALGORITHM).key,
+            algorithms=[ASSERTION_ALGORITHM],
+            audience=audience,
+            options={"require": ["exp", "jti", "aud", "iss", "sub"]},
+        )
+    except jwt.InvalidSignatureError:
+        raise OAuthError(
+            401, "invalid_client", "Invalid signature in client_assertion JWT"
+        ) from None
+    except jwt.InvalidAudienceError:
+        raise OAuthError(
+            401, "invalid_client", "Invalid 'aud' claim in client_assertion JWT"
+        ) from None
+    except jwt.ExpiredSignatureError:
+        raise OAuthError(
+            400, "invalid_request", "Invalid 'exp' claim in client_assertion JWT - JWT has expired"
+        ) from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise OAuthError(
+            400, "invalid_request", f"Missing '{exc.claim}' claim in client_assertion JWT"
+        ) from None
+    except jwt.PyJWTError:
+        raise OAuthError(401, "invalid_client", "Invalid client_assertion JWT") from None
+    exp = float(claims["exp"])
+    if exp > now + MAX_ASSERTION_SECONDS:
+        raise OAuthError(
+            400,
+            "invalid_request",
+            "Invalid 'exp' claim in client_assertion JWT - more than 5 minutes in future",
+        )
+    jti = str(claims["jti"])
+    platform.seen_jtis = {j: e for j, e in platform.seen_jtis.items() if e >= now}
+    if jti in platform.seen_jtis:
+        raise OAuthError(400, "invalid_request", "Non-unique 'jti' claim in client_assertion JWT")
+    platform.seen_jtis[jti] = exp
+
+
+async def token(request: web.Request) -> web.Response:
+    platform = request.app[PLATFORM]
+    try:
+        answer = await _exchange(request, platform)
+    except OAuthError as error:
+        platform.exchanges.append({"status": error.status, "error": error.error})
+        return error.response()
+    platform.exchanges.append({"status": 200, "error": None})
+    return answer
+
+
+async def _exchange(request: web.Request, platform: Platform) -> web.Response:
+    if request.content_type != "application/x-www-form-urlencoded":
+        raise OAuthError(
+            400, "invalid_request", "Content-Type must be application/x-www-form-urlencoded"
+        )
+    form = await request.post()
+    if form.get("grant_type") != GRANT_TYPE:
+        raise OAuthError(400, "unsupported_grant_type", "grant_type must be token-exchange")
+    if form.get("client_assertion_type") != ASSERTION_TYPE:
+        raise OAuthError(400, "invalid_request", "Missing or invalid client_assertion_type")
+    assertion = form.get("client_assertion")
+    if not isinstance(assertion, str) or not assertion:
+        raise OAuthError(400, "invalid_request", "Missing client_assertion")
+    now = time.time()
+    _check_assertion(platform, assertion, token_url(request), now)
+    if form.get("subject_token_type") != SUBJECT_TOKEN_TYPE:
+        raise OAuthError(400, "invalid_request", "subject_token_type must be id_token")
+    subject = form.get("subject_token")
+    if not isinstance(subject, str) or not subject:
+        raise OAuthError(400, "invalid_request", "Missing subject_token")
+    try:
+        user = platform.issuer.verify(subject)
+    except IdTokenInvalid as exc:
+        raise OAuthError(400, "invalid_grant", str(exc)) from None
+    value = secrets.token_urlsafe(32)
+    lifetime = platform.access_token_lifetime_seconds
+    platform.tokens[value] = Issued(user, now + lifetime)
+    return _json(
+        {
+            "access_token": value,
+            "expires_in": str(lifetime),
+            "token_type": "Bearer",
+            "issued_token_type": ISSUED_TOKEN_TYPE,
+        }
+    )
+
+
+def check_token(endpoint: Endpoint, request: web.Request, bearer: str) -> None:
+    """Rule 1 for an e-RS call whose headers passed ``sandbox.access.check_headers``."""
+    platform = request.app[PLATFORM]
+    if not platform.enforced:
+        return
+    issued = platform.tokens.get(bearer)
+    if issued is None:
+        raise ErsError(401, "NO_ACCESS", "Invalid access token.")
+    if time.time() >= issued.expires_at:
+        raise ErsError(401, "NO_ACCESS", "Access token has expired.")
+    ods = request.headers.get(ODS_HEADER)
+    business_function = request.headers.get(BUSINESS_FUNCTION_HEADER)
+    if endpoint.user_headers_optional and ods is None and business_function is None:
+        return
+    if not issued.user.holds(str(ods), str(business_function)):
+        raise ErsError(
+            403,
+            "FORBIDDEN",
+            f"The user holds no role profile with business function '{business_function}' "
+            f"at organisation '{ods}'.",
+        )
+
+
+# --- the admin API (/_sandbox/oauth, /_sandbox/cis2) ---
+
+
+async def _register(request: web.Request) -> web.Response:
+    body = await request.json()
+    try:
+        request.app[PLATFORM].register(str(body.get("api_key", "")), body.get("jwks"))
+    except (ValueError, AttributeError) as exc:
+        return _json({"error": str(exc)}, 400)
+    return _json({"registered": True}, 201)
+
+
+async def _settings(request: web.Request) -> web.Response:
+    body = await request.json()
+    platform = request.app[PLATFORM]
+    lifetime = body.get("access_token_lifetime_seconds")
+    if lifetime is not None:
+        if not isinstance(lifetime, int) or lifetime < 1:
+            return _json({"error": "access_token_lifetime_seconds: a positive integer"}, 400)
+        platform.access_token_lifetime_seconds = lifetime
+    return _json({"access_token_lifetime_seconds": platform.access_token_lifetime_seconds})
+
+
+async def _expire_tokens(request: web.Request) -> web.Response:
+    """Every access token issued so far expires now (a saga's token expiring mid-flight)."""
+    platform = request.app[PLATFORM]
+    now = time.time()
+    for issued in platform.tokens.values():
+        issued.expires_at = min(issued.expires_at, now)
+    return _json({"expired": len(platform.tokens)})
+
+
+async def _exchanges(request: web.Request) -> web.Response:
+    return _json({"exchanges": request.app[PLATFORM].exchanges})
+
+
+async def _id_token(request: web.Request) -> web.Response:
+    body = await request.json()
+    try:
+        user = Cis2User(
+            str(body["sds_user_id"]),
+            tuple(
+                RoleProfile(str(r["org_code"]), str(r["business_function"])) for r in body["roles"]
+            ),
+        )
+        lifetime = float(body.get("lifetime_seconds", 3600))
+    except (KeyError, TypeError, ValueError):
+        return _json({"error": "needs sds_user_id and roles [{org_code, business_function}]"}, 400)
+    return _json({"id_token": request.app[PLATFORM].issuer.id_token(user, lifetime)})
+
+
+async def _reset(request: web.Request) -> web.Response:
+    """Back to no application (rule 1 off), no tokens, no jtis; the CIS2 key is kept."""
+    old = request.app[PLATFORM]
+    request.app[PLATFORM].__init__(issuer=old.issuer)  # type: ignore[misc]
+    return _json({"reset": True})
+
+
+async def _cis2_jwks(request: web.Request) -> web.Response:
+    return _json(request.app[PLATFORM].issuer.jwks())
+
+
+def add_routes(app: web.Application, platform: Platform | None = None) -> None:
+    app[PLATFORM] = platform or Platform()
+    app.router.add_post(TOKEN_PATH, token)
+    app.router.add_post("/_sandbox/oauth/applications", _register)
+    app.router.add_post("/_sandbox/oauth/settings", _settings)
+    app.router.add_post("/_sandbox/oauth/expire-access-tokens", _expire_tokens)
+    app.router.add_get("/_sandbox/oauth/exchanges", _exchanges)
+    app.router.add_post("/_sandbox/oauth/reset", _reset)
+    app.router.add_post("/_sandbox/cis2/id-token", _id_token)
+    app.router.add_get("/_sandbox/cis2/jwks", _cis2_jwks)

@@ -1,0 +1,206 @@
+"""The sandbox as the API platform: /oauth2/token checks the client assertion against the
+registered JWKS (signature, kid, aud, exp at most 5 minutes ahead, jti never replayed) and the
+CIS2 ID token; e-RS endpoints then take only its access tokens, answer 401 (the spec's body)
+to unknown or expired ones and 403 to a role profile the user does not hold."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+
+from sandbox.testing import SandboxHandle, running_sandbox
+from tests.platform import API_KEY, KID, admin, id_token, jwks_of, key_dir, private_key, register
+
+GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
+ID_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:id_token"
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+RC = {"NHSD-End-User-Organisation-ODS": "R69", "NHSD-eRS-Business-Function": "REFERRING_CLINICIAN"}
+
+
+@pytest.fixture(scope="module")
+def platform_sandbox() -> Iterator[SandboxHandle]:
+    with running_sandbox() as handle:
+        yield handle
+
+
+@pytest.fixture
+async def http(platform_sandbox: SandboxHandle, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    await admin(platform_sandbox.root_url, "POST", "oauth/reset")
+    await register(platform_sandbox.root_url, jwks_of(key_dir(tmp_path)))
+    async with httpx.AsyncClient(base_url=platform_sandbox.root_url) as client:
+        yield client
+
+
+def assertion(audience: str, **changes: Any) -> str:
+    headers = {"kid": changes.pop("kid", KID)}
+    key = changes.pop("key", private_key())
+    algorithm = changes.pop("algorithm", "RS512")
+    claims = {
+        "iss": API_KEY,
+        "sub": API_KEY,
+        "aud": audience,
+        "jti": str(uuid.uuid4()),
+        "exp": int(time.time()) + 240,
+        **changes,
+    }
+    claims = {k: v for k, v in claims.items() if v is not None}
+    return jwt.encode(claims, key, algorithm=algorithm, headers=headers)
+
+
+async def exchange(
+    http: httpx.AsyncClient, subject: str, client_assertion: str | None = None
+) -> httpx.Response:
+    audience = f"{http.base_url}".rstrip("/") + "/oauth2/token"
+    return await http.post(
+        "/oauth2/token",
+        data={
+            "grant_type": GRANT,
+            "subject_token_type": ID_TOKEN_TYPE,
+            "subject_token": subject,
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": client_assertion or assertion(audience),
+        },
+    )
+
+
+def audience_of(http: httpx.AsyncClient) -> str:
+    return f"{http.base_url}".rstrip("/") + "/oauth2/token"
+
+
+async def a004(http: httpx.AsyncClient, token: str, headers: dict[str, str] = RC) -> httpx.Response:
+    return await http.get(
+        "/referrals/FHIR/STU3/CodeSystem/SPECIALTY",
+        headers={"Authorization": f"Bearer {token}", "Accept": "application/fhir+json", **headers},
+    )
+
+
+async def test_an_id_token_is_exchanged_for_an_access_token_e_rs_takes(
+    http: httpx.AsyncClient, platform_sandbox: SandboxHandle
+) -> None:
+    answer = await exchange(http, await id_token(platform_sandbox.root_url))
+
+    assert answer.status_code == 200
+    body = answer.json()
+    assert body["token_type"] == "Bearer"
+    assert body["issued_token_type"] == "urn:ietf:params:oauth:token-type:access_token"
+    assert int(body["expires_in"]) == 599
+    assert (await a004(http, body["access_token"])).status_code == 200
+
+
+async def test_a_replayed_jti_is_refused(
+    http: httpx.AsyncClient, platform_sandbox: SandboxHandle
+) -> None:
+    subject = await id_token(platform_sandbox.root_url)
+    once = assertion(audience_of(http))
+    assert (await exchange(http, subject, once)).status_code == 200
+
+    again = await exchange(http, subject, once)
+
+    assert again.status_code == 400
+    assert again.json()["error"] == "invalid_request"
+    assert "jti" in again.json()["error_description"]
+
+
+@pytest.mark.parametrize(
+    ("changes", "status", "error", "says"),
+    [
+        ({"key": private_key("other")}, 401, "invalid_client", "signature"),
+        ({"kid": "unknown-kid"}, 401, "invalid_client", "kid"),
+        ({"kid": ""}, 400, "invalid_request", "kid"),
+        ({"iss": "someone-else", "sub": "someone-else"}, 401, "invalid_client", "iss"),
+        ({"sub": "not-the-iss"}, 401, "invalid_client", "iss"),
+        ({"aud": "https://elsewhere/oauth2/token"}, 401, "invalid_client", "aud"),
+        ({"exp": int(time.time()) + 400}, 400, "invalid_request", "5 minutes"),
+        ({"exp": int(time.time()) - 10}, 400, "invalid_request", "exp"),
+        ({"exp": None}, 400, "invalid_request", "exp"),
+        ({"jti": None}, 400, "invalid_request", "jti"),
+        ({"algorithm": "RS256"}, 400, "invalid_request", "RS512"),
+    ],
+)
+async def test_a_bad_client_assertion_is_refused_as_the_platform_does(
+    http: httpx.AsyncClient,
+    platform_sandbox: SandboxHandle,
+    changes: dict[str, Any],
+    status: int,
+    error: str,
+    says: str,
+) -> None:
+    subject = await id_token(platform_sandbox.root_url)
+    answer = await exchange(http, subject, assertion(audience_of(http), **changes))
+
+    assert answer.status_code == status
+    assert answer.json()["error"] == error and says in answer.json()["error_description"]
+
+
+async def test_an_expired_or_forged_id_token_is_an_invalid_grant(
+    http: httpx.AsyncClient, platform_sandbox: SandboxHandle
+) -> None:
+    expired = await id_token(platform_sandbox.root_url, lifetime_seconds=-5)
+    forged = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, private_key(), "RS256")
+
+    for subject in (expired, forged):
+        answer = await exchange(http, subject)
+        assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+
+
+async def test_e_rs_answers_401_with_the_spec_body_to_an_unknown_or_expired_token(
+    http: httpx.AsyncClient, platform_sandbox: SandboxHandle
+) -> None:
+    unknown = await a004(http, "made-up-token")
+    body = (await exchange(http, await id_token(platform_sandbox.root_url))).json()
+    await admin(platform_sandbox.root_url, "POST", "oauth/expire-access-tokens")
+    expired = await a004(http, body["access_token"])
+
+    for answer in (unknown, expired):
+        assert answer.status_code == 401
+        issue = answer.json()["issue"][0]
+        assert issue["code"] == "login"
+        assert issue["details"]["coding"][0]["code"] == "NO_ACCESS"
+    assert "expired" in expired.json()["issue"][0]["diagnostics"]
+
+
+async def test_access_tokens_expire_after_their_lifetime(
+    http: httpx.AsyncClient, platform_sandbox: SandboxHandle
+) -> None:
+    await admin(
+        platform_sandbox.root_url, "POST", "oauth/settings", {"access_token_lifetime_seconds": 1}
+    )
+    body = (await exchange(http, await id_token(platform_sandbox.root_url))).json()
+    assert body["expires_in"] == "1"
+    assert (await a004(http, body["access_token"])).status_code == 200
+    deadline = time.monotonic() + 5
+    while (await a004(http, body["access_token"])).status_code != 401:
+        assert time.monotonic() < deadline, "the access token never expired"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {**RC, "NHSD-eRS-Business-Function": "REFERRING_CLINICIAN_ADMIN"},
+        {**RC, "NHSD-End-User-Organisation-ODS": "RA9"},
+    ],
+)
+async def test_a_role_profile_the_user_does_not_hold_is_403(
+    http: httpx.AsyncClient, platform_sandbox: SandboxHandle, headers: dict[str, str]
+) -> None:
+    body = (await exchange(http, await id_token(platform_sandbox.root_url))).json()
+
+    answer = await a004(http, body["access_token"], headers)
+
+    assert answer.status_code == 403
+    assert answer.json()["issue"][0]["details"]["coding"][0]["code"] == "FORBIDDEN"
+
+
+async def test_without_a_registered_application_any_bearer_token_is_taken(
+    platform_sandbox: SandboxHandle,
+) -> None:
+    await admin(platform_sandbox.root_url, "POST", "oauth/reset")
+    async with httpx.AsyncClient(base_url=platform_sandbox.root_url) as client:
+        assert (await a004(client, "any-token")).status_code == 200
