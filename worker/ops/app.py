@@ -135,6 +135,7 @@ async def _handler(
                 create_horizon_seconds=settings.reconcile_horizon_seconds,
                 create_window_seconds=settings.reconcile_window_seconds,
                 clock_skew_seconds=settings.ers_clock_skew_seconds,
+                holiday_region=settings.bank_holiday_region,
             ),
             durability=Durability(
                 store=store,
