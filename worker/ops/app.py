@@ -124,7 +124,7 @@ async def _handler(
         yield RequestHandler(
             ers=ers,
             tokens=build_token_provider(settings),
-            letters=FileLetterStore(settings.letters_dir),
+            letters=FileLetterStore(settings.letters_dir, settings.letters_retention_days),
             reference=ReferenceData(settings.reference_data_ttl_seconds),
             options=SagaOptions(
                 specialty_cs=specialty_system(settings.code_system_base_url),

@@ -176,8 +176,8 @@ class Settings(BaseSettings):
         30.0,
         ge=0,
         validation_alias=_env("LETTERS_RETENTION_DAYS"),
-        description="Letters older than this are deleted, at start-up and then hourly "
-        "(0: kept for ever).",
+        description="Letters older than this are deleted (swept when a letter is written, at "
+        "most hourly; 0: kept for ever).",
     )
     bank_holiday_region: HolidayRegion = Field(
         HolidayRegion.ENGLAND_AND_WALES,
