@@ -22,10 +22,13 @@ import sys
 from pathlib import Path
 
 import orjson
+from pydantic import ValidationError
 
 from worker.messaging.consumer import Worker
 from worker.messaging.topology import Names, definitions
+from worker.observability.logs import failure_fields
 from worker.ops.app import configure_logging, request_handler
+from worker.ops.failure import OperatorError
 from worker.ops.settings import Settings, env_example
 
 log = logging.getLogger("worker")
@@ -61,6 +64,20 @@ async def serve(settings: Settings) -> int:
         log.error("exiting: not consuming after a reconnect")
         return 3
     return 0
+
+
+def _run() -> int:
+    """``ers-worker run``. A failure to start (settings, a store or broker it cannot use) is a
+    JSON log line like every other; exit code 2 when the environment is at fault, else 1."""
+    configure_logging("INFO")  # until the settings say otherwise: they may be what fails
+    try:
+        settings = Settings()
+        configure_logging(settings.log_level)
+        return asyncio.run(serve(settings))
+    except Exception as exc:
+        why = str(exc) if isinstance(exc, OperatorError) else None
+        log.critical("exiting on an error", extra=failure_fields(exc, why))
+        return 2 if isinstance(exc, OperatorError | ValidationError | OSError) else 1
 
 
 def _print_json(value: object) -> None:
@@ -112,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "env":
         print(env_example(), end="")
         return 0
+    if args.command == "run":
+        return _run()
     settings = Settings()
     if args.command == "definitions":
         document = definitions(
@@ -127,9 +146,6 @@ def main(argv: list[str] | None = None) -> int:
         # The demo's output is its table; logs only when asked for with LOG_LEVEL.
         configure_logging(os.environ.get("LOG_LEVEL", "ERROR"))
         return asyncio.run(run_demo(settings, args.samples, args.timeout))
-    if args.command == "run":
-        configure_logging(settings.log_level)
-        return asyncio.run(serve(settings))
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     return asyncio.run(_operate(settings, args))
 
