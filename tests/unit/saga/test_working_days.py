@@ -1,7 +1,9 @@
-from datetime import date
+from datetime import UTC, date, datetime
 
 import pytest
 
+from worker.saga.appointment import contact_by
+from worker.saga.context import SagaOptions
 from worker.saga.working_days import HolidayRegion, add_working_days
 
 
@@ -50,3 +52,12 @@ def test_none_counts_weekends_only() -> None:
 
 def test_the_one_off_bank_holiday_of_a_state_funeral_is_skipped() -> None:
     assert add_working_days(date(2022, 9, 16), 1) == date(2022, 9, 20)
+
+
+def test_the_sagas_contact_by_counts_in_the_region_of_its_options() -> None:
+    created = datetime(2026, 12, 23, 9, 30, tzinfo=UTC)
+    assert contact_by(created, 2, HolidayRegion.ENGLAND_AND_WALES) == date(2026, 12, 29)
+    assert contact_by(created, 2, HolidayRegion.NONE) == date(2026, 12, 25)
+    assert contact_by(None, 2, HolidayRegion.NONE) is None
+    # The default the worker runs with is England and Wales.
+    assert SagaOptions(specialty_cs="x").holiday_region is HolidayRegion.ENGLAND_AND_WALES
