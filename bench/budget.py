@@ -287,8 +287,8 @@ async def run_budget(
             # (a 429 is retried silently: it shows in the metric, not in the log).
             end_metrics = {
                 r.name: (
-                    await r.metric("ers_worker_ers_requests_total"),
-                    await r.metric("ers_worker_ers_rate_limited_total"),
+                    await r.metric("ers_worker_api_requests_total"),
+                    await r.metric("ers_worker_api_rate_limited_total"),
                 )
                 for r in group
                 if r.killed_at is None

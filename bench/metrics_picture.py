@@ -145,7 +145,7 @@ def finished(outcome: str) -> Callable[[Sample], float]:
 
 
 def calls(status_class: str) -> Callable[[Sample], float]:
-    return lambda s: total(s, "ers_worker_ers_requests_total", status_class=status_class)
+    return lambda s: total(s, "ers_worker_api_requests_total", status_class=status_class)
 
 
 def plot(series: list[tuple[float, Sample]]) -> None:

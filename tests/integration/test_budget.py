@@ -138,7 +138,7 @@ async def test_two_replicas_share_one_budget_through_redis(
     log = await harness.sandbox.requests()
     assert [c for c in log if c["status"] == 429] == []
     assert most_in_one_second([c["at"] for c in log]) <= 5
-    per_replica = await replicas.metric("ers_worker_ers_requests_total")
+    per_replica = await replicas.metric("ers_worker_api_requests_total")
     assert all(n > 0 for n in per_replica), per_replica  # both spent the one budget
     assert await replicas.metric("ers_worker_rate_limit_shared_store_unreachable") == [0, 0]
     await replicas.stop()
@@ -190,7 +190,7 @@ async def test_a_429_with_retry_after_pauses_every_replica(
     # within 0.1 s); then neither replica calls until the 2 seconds are over.
     assert [d for d in after if 0.15 < d < 1.9] == [], after[:5]
     assert len([d for d in after if d >= 1.9]) > 10
-    assert sum(await replicas.metric("ers_worker_ers_rate_limited_total")) == 1
+    assert sum(await replicas.metric("ers_worker_api_rate_limited_total")) == 1
     await replicas.stop()
 
 

@@ -175,6 +175,7 @@ def test_kubernetes_manifests_validate_against_the_schemas(version: str) -> None
         checked.add(manifest["kind"])
     assert checked == {
         "Namespace",
+        "PersistentVolumeClaim",
         "ConfigMap",
         "Secret",
         "Deployment",
@@ -234,12 +235,17 @@ def test_pod_is_locked_down() -> None:
         assert set(worker["resources"][kind]) >= {"cpu", "memory"}
 
 
-def test_writable_paths_are_empty_dirs() -> None:
+def test_scratch_is_an_empty_dir_and_letters_outlive_the_pod() -> None:
     pod = one("Deployment")["spec"]["template"]["spec"]
-    empty_dirs = {v["name"] for v in pod["volumes"] if "emptyDir" in v}
+    volumes = {v["name"]: v for v in pod["volumes"]}
     mounts = {m["mountPath"]: m["name"] for m in container()["volumeMounts"]}
-    for path in ("/tmp", configmap()["LETTERS_DIR"]):
-        assert mounts.get(path) in empty_dirs, path
+    assert "emptyDir" in volumes[mounts["/tmp"]]
+    # Letter-ready events point at the files: an emptyDir would lose them with the pod.
+    letters = volumes[mounts[configmap()["LETTERS_DIR"]]]
+    claim = one("PersistentVolumeClaim")
+    assert letters["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # every replica writes there
+    assert pod["securityContext"]["fsGroup"]  # the volume is the pod user's: 0700 works
 
 
 def test_deployment_takes_its_settings_from_the_configmap_and_secret() -> None:

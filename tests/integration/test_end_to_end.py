@@ -386,7 +386,7 @@ async def test_a_retry_after_longer_than_in_process_waits_is_honoured_from_a_del
     metrics = harness.worker.metrics.registry
     trips = metrics.get_sample_value(
         "ers_worker_delayed_messages_total",
-        {"delay_seconds": "3", "reason": "TOO_MANY_REQUESTS"},
+        {"delay_seconds": "3", "reason": "too_many_requests"},
     )
     assert trips == 1
 

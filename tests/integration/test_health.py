@@ -69,10 +69,10 @@ async def test_metrics_count_what_happened(harness: Harness) -> None:
     assert (
         value("ers_worker_sagas_finished_total", outcome="completed", path="ibs_shortlisted") == 1
     )
-    assert value("ers_worker_dead_lettered_messages_total", reason="INVALID_MESSAGE") == 1
-    ers_calls = sum(v for (name, _), v in found.items() if name == "ers_worker_ers_requests_total")
+    assert value("ers_worker_dead_lettered_messages_total", reason="invalid_message") == 1
+    ers_calls = sum(v for (name, _), v in found.items() if name == "ers_worker_api_requests_total")
     assert ers_calls == len(calls)
     assert value("ers_worker_consumer_attached") == 1
     assert value("ers_worker_sagas_in_flight") == 0
-    assert value("ers_worker_last_successful_ers_call_timestamp_seconds") > 0
+    assert value("ers_worker_api_last_success_timestamp_seconds") > 0
     assert "9912003888" not in text and "ers_worker_build_info" in text

@@ -68,6 +68,7 @@ RABBITMQ_FAMILIES = {
 
 WORKER_NAME = re.compile(r"\bers_worker_[A-Za-z0-9_]+")
 RABBITMQ_NAME = re.compile(r"\brabbitmq_[A-Za-z0-9_]+")
+PROCESS_NAME = re.compile(r"\bprocess_[A-Za-z0-9_]+")
 
 # Grafana's variables, replaced by values Prometheus accepts, to check a panel's PromQL.
 GRAFANA_VARIABLES = {
@@ -273,9 +274,14 @@ def test_alerts_and_dashboard_use_only_metrics_that_exist() -> None:
             assert name in scraped_from_rabbitmq, (
                 f"{where} uses {name}, which the rabbitmq-queues scrape job does not bring in"
             )
-    # And the dashboard shows every metric the worker has.
+    # And the dashboard shows every metric the worker has (the client's process_*, python_*
+    # collectors aside: their CPU, memory and file-descriptor series have panels of their own).
     shown = {exported[name] for _, expr in dashboard_exprs() for name in WORKER_NAME.findall(expr)}
-    assert set(exported.values()) - shown == set(), "worker metrics that no panel shows"
+    ours = {family for family in exported.values() if family.startswith("ers_worker_")}
+    assert ours - shown == set(), "worker metrics that no panel shows"
+    process = {n for _, expr in dashboard_exprs() for n in PROCESS_NAME.findall(expr)}
+    assert process >= {"process_cpu_seconds_total", "process_resident_memory_bytes"}
+    assert process <= set(exported), f"panels use process metrics the worker lacks: {process}"
 
 
 def test_dashboard_is_well_formed() -> None:
@@ -533,23 +539,23 @@ async def test_prometheus_scrapes_what_the_worker_did(
         await p.wait_for(
             client,
             "sum by (reason) (ers_worker_dead_lettered_messages_total)",
-            {"INVALID_MESSAGE": 1},
+            {"invalid_message": 1},
         )
         # Every e-RS call the sandbox answered, counted once, by endpoint and status; each timed.
-        await p.wait_for(client, "sum(ers_worker_ers_requests_total)", {"": ers_calls.total()})
+        await p.wait_for(client, "sum(ers_worker_api_requests_total)", {"": ers_calls.total()})
         await p.wait_for(
             client,
-            "sum by (endpoint) (ers_worker_ers_requests_total)",
+            "sum by (endpoint) (ers_worker_api_requests_total)",
             {endpoint: float(count) for endpoint, count in ers_calls.items()},
         )
         await p.wait_for(
             client,
-            "sum by (status_class) (ers_worker_ers_requests_total)",
+            "sum by (status_class) (ers_worker_api_requests_total)",
             {status_class: float(count) for status_class, count in status_classes.items()},
         )
         await p.wait_for(
             client,
-            "sum(ers_worker_ers_request_duration_seconds_count)",
+            "sum(ers_worker_api_request_duration_seconds_count)",
             {"": ers_calls.total()},
         )
         await p.wait_for(client, "sum(ers_worker_sagas_in_flight)", {"": 0.0})
@@ -558,10 +564,12 @@ async def test_prometheus_scrapes_what_the_worker_did(
         build = await p.query(client, "ers_worker_build_info")
         assert len(build) == 1 and build[0]["value"][1] == "1", build
         assert build[0]["metric"]["version"] and build[0]["metric"]["python"]
+        # The process's own health, from the client's collectors on the served registry.
+        for name in ("process_cpu_seconds_total", "process_resident_memory_bytes"):
+            (value,) = (await p.values(client, f'sum({name}{{job="ers-worker"}})')).values()
+            assert value > 0, name
         (since_success,) = (
-            await p.values(
-                client, "time() - max(ers_worker_last_successful_ers_call_timestamp_seconds)"
-            )
+            await p.values(client, "time() - max(ers_worker_api_last_success_timestamp_seconds)")
         ).values()
         assert 0 <= since_success < 60
 
@@ -579,5 +587,5 @@ async def test_prometheus_scrapes_what_the_worker_did(
             lambda: p.firing_alerts(client), bool, "a firing alert", timeout=10.0
         )
         assert [(a["labels"]["alertname"], a["labels"].get("reason")) for a in firing] == [
-            ("ErsWorkerDeadLetters", "INVALID_MESSAGE")
+            ("ErsWorkerDeadLetters", "invalid_message")
         ], firing

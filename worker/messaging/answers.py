@@ -12,7 +12,7 @@ from datetime import datetime
 
 from schemas.events import ErrorInfo, FieldError, OutcomeEventV1, OutcomeStatus
 from worker.messaging.fate import Event, Fate, Handled
-from worker.observability.metrics import REJECTED, REPLAYED, Metrics
+from worker.observability.metrics import ALREADY_FINISHED, REJECTED, Metrics
 from worker.saga import outcomes
 from worker.saga.policy import needs_a_person
 
@@ -59,7 +59,7 @@ class Answers:
     def replayed(self, stored: bytes) -> Handled:
         """A stored final outcome, sent again as it was (same ``event_id``)."""
         outcome = OutcomeEventV1.model_validate_json(stored)
-        return Handled([outcome], Fate.ACK, outcome, result=REPLAYED)
+        return Handled([outcome], Fate.ACK, outcome, result=ALREADY_FINISHED)
 
     def not_started(
         self,

@@ -1,6 +1,8 @@
 """The worker's Prometheus metrics, in one container that takes its registry.
 
-Rules: names follow Prometheus conventions (base units, ``_total`` counters, ``_seconds``);
+Names: ``ers_worker_`` then what is counted; ``api_`` is the e-RS API (the only API the
+worker calls), ``rate_limit_`` the worker's own budget for it. Rules: names follow
+Prometheus conventions (base units, ``_total`` counters, ``_seconds``);
 every label takes values from a closed set (enums, endpoint ids, e-RS error codes, which the
 spec enumerates); never a patient identifier, UBRN, request id or free text.
 """
@@ -14,7 +16,15 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from importlib.metadata import PackageNotFoundError, version
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import (
+    GC_COLLECTOR,
+    PLATFORM_COLLECTOR,
+    PROCESS_COLLECTOR,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+)
 
 from schemas.events import OutcomeStatus, Path, Step
 
@@ -23,7 +33,7 @@ _CODE = re.compile(r"^[A-Z0-9_]{1,48}$")
 
 # Message results, as operators read them.
 PROCESSED = "processed"  # a saga ran and ended (whatever its outcome)
-REPLAYED = "replayed"  # a finished request again: its stored outcome was sent
+ALREADY_FINISHED = "already_finished"  # a finished request again: its stored outcome resent
 REJECTED = "rejected"  # invalid message
 DELAYED = "delayed"  # sent to a delay queue
 REQUEUED = "requeued"  # handed back on shutdown
@@ -51,10 +61,11 @@ TOKEN_EXCHANGE_RESULTS = (
 
 
 def bounded_code(code: str | None) -> str:
-    """An error code as a label value: e-RS' codes are a closed list; anything else is OTHER."""
+    """An error code as a label value, lower case like every other label value: e-RS' codes
+    are a closed list; anything else is ``other``."""
     if code is None:
         return "none"
-    return code if _CODE.match(code) else "OTHER"
+    return code.lower() if _CODE.match(code) else "other"
 
 
 def status_class(status: int | None) -> str:
@@ -76,6 +87,10 @@ class Metrics:
         each shown at 0 from the start."""
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # process_* (CPU, memory, open files, start time), python_info and python_gc_*: the
+        # client's own collectors, on the registry that /metrics serves.
+        for collector in (PROCESS_COLLECTOR, PLATFORM_COLLECTOR, GC_COLLECTOR):
+            r.register(collector)
         self.messages = Counter(
             f"{PREFIX}_messages_consumed",
             "Request messages consumed, by result.",
@@ -105,39 +120,39 @@ class Metrics:
             registry=r,
         )
         self.ers_requests = Counter(
-            f"{PREFIX}_ers_requests",
+            f"{PREFIX}_api_requests",
             "e-RS API calls (each attempt).",
             ["endpoint", "status_class"],
             registry=r,
         )
         self.ers_latency = Histogram(
-            f"{PREFIX}_ers_request_duration_seconds",
+            f"{PREFIX}_api_request_duration_seconds",
             "e-RS API call latency.",
             ["endpoint"],
             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
             registry=r,
         )
         self.ers_retries = Counter(
-            f"{PREFIX}_ers_retries",
+            f"{PREFIX}_api_retries",
             "e-RS calls retried in process.",
             ["endpoint", "reason"],
             registry=r,
         )
         self.last_ers_success = Gauge(
-            f"{PREFIX}_last_successful_ers_call_timestamp_seconds",
+            f"{PREFIX}_api_last_success_timestamp_seconds",
             "Unix time of the last successful e-RS call.",
             registry=r,
         )
         # --- the application's e-RS budget (worker.ers.budget) ---
         self.permit_wait = Histogram(
-            f"{PREFIX}_ers_permit_wait_seconds",
+            f"{PREFIX}_rate_limit_permit_wait_seconds",
             "Time an e-RS call waited for its permit from the budget, by clinical priority.",
             ["priority"],
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
             registry=r,
         )
         self.rate_limited = Counter(
-            f"{PREFIX}_ers_rate_limited",
+            f"{PREFIX}_api_rate_limited",
             "429 answers from e-RS: each pauses every replica (the budget is set too high).",
             registry=r,
         )
@@ -227,13 +242,13 @@ class Metrics:
     def _zero_known_series(self, park_reasons: Iterable[str]) -> None:
         """Show every known label set from the start: a series that first appears at 1 is
         invisible to rate() and increase(), so the first dead letter would go unseen."""
-        for result in (PROCESSED, REPLAYED, REJECTED, DELAYED, REQUEUED, POISONED):
+        for result in (PROCESSED, ALREADY_FINISHED, REJECTED, DELAYED, REQUEUED, POISONED):
             self.messages.labels(result)
         for outcome in OutcomeStatus:
             for path in [*(p.value.lower() for p in Path), "none"]:
                 self.sagas_finished.labels(outcome.value.lower(), path)
         for reason in park_reasons:
-            self.dead_lettered.labels(reason)
+            self.dead_lettered.labels(bounded_code(reason))
         for result in TOKEN_EXCHANGE_RESULTS:
             self.token_exchange_attempts.labels(result)
         for result in ("hit", "miss"):

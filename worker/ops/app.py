@@ -214,7 +214,7 @@ async def _handler(
             tokens=build_token_provider(
                 settings, token_exchanger(settings, http, budget, retry, metrics)
             ),
-            letters=FileLetterStore(settings.letters_dir),
+            letters=FileLetterStore(settings.letters_dir, settings.letters_retention_days),
             reference=ReferenceData(settings.reference_data_ttl_seconds),
             options=SagaOptions(
                 specialty_cs=specialty_system(settings.code_system_base_url),
@@ -225,6 +225,7 @@ async def _handler(
                 create_horizon_seconds=settings.reconcile_horizon_seconds,
                 create_window_seconds=settings.reconcile_window_seconds,
                 clock_skew_seconds=settings.ers_clock_skew_seconds,
+                holiday_region=settings.bank_holiday_region,
             ),
             durability=Durability(
                 store=store,

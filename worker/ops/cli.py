@@ -32,8 +32,10 @@ import orjson
 
 from worker.messaging.consumer import Worker
 from worker.messaging.topology import Names, definitions
+from worker.observability.logs import failure_fields
 from worker.ops import exits, tools
 from worker.ops.app import configure_logging, request_handler
+from worker.ops.failure import OperatorError
 from worker.ops.settings import Settings, env_example
 
 log = logging.getLogger("worker")
@@ -69,6 +71,25 @@ async def serve(settings: Settings) -> int:
         log.error("exiting: not consuming after a reconnect")
         return exits.NOT_CONSUMING
     return exits.OK
+
+
+def _run() -> int:
+    """``ers-worker run``. A failure to start (settings, a store or broker it cannot use) is a
+    JSON log line like every other; exit code 2 when the environment is at fault, else 1."""
+    configure_logging("INFO")  # until the settings say otherwise: they may be what fails
+    settings: Settings | None = None
+    try:
+        settings = Settings()
+        configure_logging(settings.log_level)
+        return asyncio.run(serve(settings))
+    except Exception as exc:
+        # The same one-line explanation the other subcommands print, as a JSON log line.
+        known = exc if isinstance(exc, OperatorError) else exits.explain(exc, settings)
+        why = str(known) if known is not None else None
+        log.critical("exiting on an error", extra=failure_fields(exc, why))
+        if known is not None or isinstance(exc, OSError):
+            return exits.USAGE
+        return exits.NOT_ALL
 
 
 def _print_json(value: object) -> None:
@@ -214,6 +235,8 @@ def _dispatch(args: argparse.Namespace, context: _Context) -> int:
         return exits.OK
     if args.command == "validate":
         return _validate(args.files, as_json=args.json)
+    if args.command == "run":
+        return _run()
     settings = context.settings = Settings()
     if args.command == "definitions":
         document = definitions(
@@ -230,9 +253,6 @@ def _dispatch(args: argparse.Namespace, context: _Context) -> int:
         configure_logging(os.environ.get("LOG_LEVEL", "ERROR"))
         _quiet_broker_client()
         return asyncio.run(run_demo(settings, args.samples, args.timeout))
-    if args.command == "run":
-        configure_logging(settings.log_level)
-        return asyncio.run(serve(settings))
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     _quiet_broker_client()
     return asyncio.run(_operate(settings, args))

@@ -19,6 +19,7 @@ from worker.messaging.topology import (
 )
 from worker.ops.failpoints import ENV as FAILPOINTS_ENV
 from worker.saga.state import TriageRoute
+from worker.saga.working_days import HolidayRegion
 
 
 def _env(name: str) -> AliasChoices:
@@ -209,7 +210,20 @@ class Settings(BaseSettings):
     letters_dir: Path = Field(
         Path("letters"),
         validation_alias=_env("LETTERS_DIR"),
-        description="Where patient letter PDFs are written.",
+        description="Where patient letter PDFs are written (0600 files in a 0700 directory).",
+    )
+    letters_retention_days: float = Field(
+        30.0,
+        ge=0,
+        validation_alias=_env("LETTERS_RETENTION_DAYS"),
+        description="Letters older than this are deleted (swept when a letter is written, at "
+        "most hourly; 0: kept for ever).",
+    )
+    bank_holiday_region: HolidayRegion = Field(
+        HolidayRegion.ENGLAND_AND_WALES,
+        validation_alias=_env("BANK_HOLIDAY_REGION"),
+        description="Whose bank holidays contact-by dates skip: england-and-wales, scotland, "
+        "northern-ireland, or none (weekends only).",
     )
     reference_data_ttl_seconds: float = Field(
         3600.0,

@@ -9,28 +9,31 @@ from worker.fhir.read import AppointmentFacts, FreeSlot, parse_instant
 from worker.fhir.vocabulary import APPOINTMENT_BOOKED, REVIEW_REASON_TRIAGE, ReferralState
 from worker.saga.context import LONDON
 from worker.saga.state import SagaState
-from worker.saga.working_days import add_working_days
+from worker.saga.working_days import HolidayRegion, add_working_days
 
 
-def contact_by(created: datetime | None, days: int | None) -> date | None:
-    """The date the provider must contact the patient by: ``days`` English working days."""
+def contact_by(created: datetime | None, days: int | None, region: HolidayRegion) -> date | None:
+    """The date the provider must contact the patient by: ``days`` working days in ``region``."""
     if created is None or days is None:
         return None
-    return add_working_days(created.astimezone(LONDON).date(), days)
+    return add_working_days(created.astimezone(LONDON).date(), days, region)
 
 
 def after_appointment(
-    state: SagaState, facts: AppointmentFacts, slot: FreeSlot | None = None
+    state: SagaState,
+    facts: AppointmentFacts,
+    region: HolidayRegion,
+    slot: FreeSlot | None = None,
 ) -> SagaState:
     """The saga once A016 has booked, deferred or triaged (read from its answer or A005)."""
     if facts.status == APPOINTMENT_BOOKED:
         path, referral_state, due = Path.DBS_BOOKED, ReferralState.BOOKED, None
     elif facts.reason == REVIEW_REASON_TRIAGE:
         path, referral_state = Path.RAS_TRIAGE, ReferralState.AWAITING_TRIAGE
-        due = contact_by(facts.created, state.triage_contact_days)
+        due = contact_by(facts.created, state.triage_contact_days, region)
     else:
         path, referral_state = Path.DBS_DEFERRED, ReferralState.DEFERRED_TO_PROVIDER
-        due = contact_by(facts.created, state.defer_contact_days)
+        due = contact_by(facts.created, state.defer_contact_days, region)
     appointment = AppointmentInfo(
         appointment_id=facts.appointment_id,
         service_id=state.target.service_id,

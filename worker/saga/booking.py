@@ -32,7 +32,7 @@ async def book_or_defer(state: SagaState, ctx: SagaContext) -> SagaState:
     if state.path is Path.RAS_TRIAGE:
         body = fa.send_for_triage(**_appointment_args(state, ctx))
         reply = await ctx.ers.book_or_defer(body)
-        return after_appointment(state, appointment_facts(reply.body))
+        return after_appointment(state, appointment_facts(reply.body), ctx.options.holiday_region)
     if state.path is Path.DBS_DEFERRED:
         return await _defer_if_no_slots(state, ctx)
     return await _book_earliest(state, ctx)
@@ -96,7 +96,7 @@ async def _defer(state: SagaState, ctx: SagaContext, reason: DeferReason) -> Sag
         slot_id=action.requested_slot_id,
     )
     reply = await ctx.ers.book_or_defer(body)
-    return after_appointment(state, appointment_facts(reply.body))
+    return after_appointment(state, appointment_facts(reply.body), ctx.options.holiday_region)
 
 
 async def _book_earliest(state: SagaState, ctx: SagaContext) -> SagaState:
@@ -146,7 +146,9 @@ async def _book(state: SagaState, ctx: SagaContext, slot: FreeSlot) -> SagaState
         if booked:
             return checked
         return await _defer(checked, ctx, DeferReason.BOOKING_ATTEMPT_PROBLEM)
-    return after_appointment(state, appointment_facts(reply.body), slot=slot)
+    return after_appointment(
+        state, appointment_facts(reply.body), ctx.options.holiday_region, slot=slot
+    )
 
 
 async def _defer_if_no_slots(state: SagaState, ctx: SagaContext) -> SagaState:

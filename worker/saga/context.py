@@ -12,6 +12,7 @@ from worker.saga.ports import ErsPort, LetterStore
 from worker.saga.reference_data import ReferenceData
 from worker.saga.slot_claims import SlotClaims
 from worker.saga.state import SagaState, TriageRoute
+from worker.saga.working_days import HolidayRegion
 
 UbrnHolder = Callable[[str], Awaitable[str | None]]
 """The request id of the saga that holds a UBRN, or None."""
@@ -35,6 +36,8 @@ class SagaOptions:
     clock_skew_seconds: float = 60.0
     # Past this long after the send, "not on the worklists" no longer proves "not made".
     create_window_seconds: float = 3600.0
+    # Whose bank holidays a contact-by date skips (worker.saga.working_days).
+    holiday_region: HolidayRegion = HolidayRegion.ENGLAND_AND_WALES
 
 
 @dataclass(frozen=True, slots=True)

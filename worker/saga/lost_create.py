@@ -43,6 +43,7 @@ from worker.saga.errors import (
     SagaError,
 )
 from worker.saga.state import PendingWrite, Reconciliation, SagaState
+from worker.saga.working_days import HolidayRegion
 
 # Faults that only mean "look again later" (or with a fresh token); anything else is doubt.
 _PASSING = frozenset({Disposition.RETRY_NOW, Disposition.WAIT, Disposition.REAUTHENTICATE})
@@ -72,7 +73,7 @@ async def settle_lost_create(state: SagaState, ctx: SagaContext) -> tuple[SagaSt
         ) from None
     now = ctx.now()
     if len(found) == 1 and found[0].confirmed and found[0].created_known:
-        return _adopt(state, endpoint, found[0].facts, now), True
+        return _adopt(state, endpoint, found[0].facts, now, ctx.options.holiday_region), True
     if found:
         # Several that fit, or one A005 does not confirm or e-RS does not date: e-RS
         # cannot tell us, and sending again could refer twice.
@@ -162,7 +163,13 @@ async def _confirmed(ctx: SagaContext, state: SagaState, ubrn: str) -> tuple[Ref
     return facts, confirmed
 
 
-def _adopt(state: SagaState, endpoint: Endpoint, facts: ReferralFacts, now: datetime) -> SagaState:
+def _adopt(
+    state: SagaState,
+    endpoint: Endpoint,
+    facts: ReferralFacts,
+    now: datetime,
+    region: HolidayRegion,
+) -> SagaState:
     """The saga as if it had heard the create's answer: A005's facts of the referral."""
     note = Reconciliation(
         endpoint=endpoint.value,
@@ -185,6 +192,6 @@ def _adopt(state: SagaState, endpoint: Endpoint, facts: ReferralFacts, now: date
     )
     if endpoint is Endpoint.A021 and facts.appointment is not None:
         # A021 sent for triage in the same call: the referral holds the triage appointment.
-        triaged = after_appointment(adopted, facts.appointment)
+        triaged = after_appointment(adopted, facts.appointment, region)
         return triaged.model_copy(update={"referral_version": facts.version})
     return adopted

@@ -55,7 +55,7 @@ async def check_booking(state: SagaState, ctx: SagaContext) -> tuple[SagaState, 
     """Whether the referral was already booked, deferred or sent for triage (A005)."""
     refreshed, facts = await reread(state, ctx)
     if facts.state in ARRANGED_STATES and facts.appointment is not None:
-        adopted = after_appointment(refreshed, facts.appointment)
+        adopted = after_appointment(refreshed, facts.appointment, ctx.options.holiday_region)
         # The version A005 read is the referral's own; the appointment's reference to it may
         # be older.
         version = refreshed.referral_version or adopted.referral_version

@@ -124,7 +124,7 @@ async def create(state: SagaState, ctx: SagaContext) -> SagaState:
     )
     if via_a021 and facts.appointment is not None:
         # A021 sends for triage in the same call: its referral holds the triage appointment.
-        triaged = after_appointment(created, facts.appointment)
+        triaged = after_appointment(created, facts.appointment, ctx.options.holiday_region)
         return triaged.model_copy(update={"referral_version": facts.version})
     return created
 

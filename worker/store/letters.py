@@ -1,4 +1,10 @@
-"""Patient letters (A019 PDFs) kept on disk, written off the event loop and atomically."""
+"""Patient letters (A019 PDFs) kept on disk, written off the event loop and atomically.
+
+A letter holds the patient's NHS number, name and address: each file is 0600 in a 0700
+directory (only the worker's user reads them), and letters older than the retention period
+are deleted. The sweep rides on a save's trip to its thread, at most hourly (so the first
+letter after a start sweeps too): no task of its own, nothing to schedule or stop.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,24 @@ import asyncio
 import hashlib
 import os
 import re
+import stat
+import time
 from pathlib import Path
 
 from schemas.events import LetterInfo
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_FILE_MODE = 0o600
+_DIR_MODE = 0o700
+SWEEP_EVERY_SECONDS = 3600.0
 
 
 class FileLetterStore:
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, retention_days: float = 0.0) -> None:
+        """``retention_days``: letters older than this are deleted; 0 keeps them for ever."""
         self._dir = directory
+        self._retention_seconds = retention_days * 86400.0
+        self._next_sweep = 0.0  # monotonic: the first save sweeps
 
     async def save(
         self, *, ubrn: str, request_id: str, file_name: str | None, content: bytes
@@ -33,12 +47,37 @@ class FileLetterStore:
         )
 
     def _write(self, name: str, content: bytes) -> Path:
-        self._dir.mkdir(parents=True, exist_ok=True)
+        self._dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
         final = (self._dir / name).resolve()
         tmp = final.with_suffix(final.suffix + ".part")
-        with open(tmp, "wb") as f:
+        # Created 0600 (never readable by others, even for a moment); os.replace keeps it.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+        with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), _FILE_MODE)  # a .part left by a crash may be older and wider
             f.write(content)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
+        if time.monotonic() >= self._next_sweep:
+            self.sweep()
         return final
+
+    def sweep(self, now: float | None = None) -> int:
+        """Tighten the directory and any letter written before 0600 (older versions wrote
+        0644), and delete letters past retention. Returns how many were deleted."""
+        self._next_sweep = time.monotonic() + SWEEP_EVERY_SECONDS
+        if not self._dir.is_dir():
+            return 0
+        os.chmod(self._dir, _DIR_MODE)
+        cutoff = (time.time() if now is None else now) - self._retention_seconds
+        deleted = 0
+        for entry in os.scandir(self._dir):
+            if not entry.is_file(follow_symlinks=False):
+                continue
+            info = entry.stat(follow_symlinks=False)
+            if self._retention_seconds and info.st_mtime < cutoff:
+                os.unlink(entry.path)
+                deleted += 1
+            elif stat.S_IMODE(info.st_mode) & 0o077:
+                os.chmod(entry.path, _FILE_MODE)
+        return deleted

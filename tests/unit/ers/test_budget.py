@@ -290,8 +290,8 @@ async def test_a_429_with_retry_after_pauses_every_budget_on_the_key(
     two = await budgets(metrics=other, key=key, redis_url=REDIS_URL)
     await permits(two, 1)
     await one.rate_limited(2.0)
-    assert sample(hit, "ers_rate_limited_total") == 1
-    assert sample(other, "ers_rate_limited_total") == 0
+    assert sample(hit, "api_rate_limited_total") == 1
+    assert sample(other, "api_rate_limited_total") == 0
     waited = await asyncio.gather(timed(permits(two, 1)), timed(permits(one, 1)))
     assert all(1.8 <= seconds <= 3.5 for seconds in waited), waited
     # The pause is over: permits come at the budget's pace again.
@@ -307,7 +307,7 @@ async def test_a_429_without_retry_after_is_counted_but_pauses_nobody(
     await permits(one, 1)
     await one.rate_limited(None)
     await one.rate_limited(0.0)
-    assert sample(metrics, "ers_rate_limited_total") == 2
+    assert sample(metrics, "api_rate_limited_total") == 2
     assert await admin.get(f"{key}:paused-until-ms") is None
     assert await timed(asyncio.gather(permits(one, 1), permits(two, 1))) < 0.5
 
@@ -318,7 +318,7 @@ async def test_a_429_pauses_a_budget_without_a_shared_store(budgets: Budgets) ->
     await permits(budget, 1)
     await budget.rate_limited(0.6)
     assert 0.5 <= await timed(permits(budget, 1)) <= 2.0
-    assert sample(metrics, "ers_rate_limited_total") == 1
+    assert sample(metrics, "api_rate_limited_total") == 1
 
 
 async def test_a_429_with_redis_unreachable_still_pauses_this_replica(
@@ -329,7 +329,7 @@ async def test_a_429_with_redis_unreachable_still_pauses_this_replica(
     await permits(budget, 1)
     await budget.rate_limited(0.6)
     assert 0.5 <= await timed(permits(budget, 1)) <= 2.0
-    assert sample(metrics, "ers_rate_limited_total") == 1
+    assert sample(metrics, "api_rate_limited_total") == 1
 
 
 async def test_a_retry_after_that_is_not_finite_is_counted_and_does_not_raise(
@@ -338,7 +338,7 @@ async def test_a_retry_after_that_is_not_finite_is_counted_and_does_not_raise(
     metrics = Metrics()
     budget = await budgets(metrics=metrics, key=key, redis_url=REDIS_URL)
     await budget.rate_limited(math.inf)
-    assert sample(metrics, "ers_rate_limited_total") == 1
+    assert sample(metrics, "api_rate_limited_total") == 1
 
 
 # --- most urgent first ---
@@ -369,7 +369,7 @@ async def test_a_two_week_wait_call_waiting_beside_routine_ones_gets_the_next_pe
     tasks = [asyncio.create_task(call(name, priority)) for name, priority in asked]
     await asyncio.wait_for(asyncio.gather(*tasks), timeout=10)
     assert served == ["routine-0", "2ww", "urgent", "routine-1", "routine-2"]
-    count = "ers_permit_wait_seconds_count"
+    count = "rate_limit_permit_wait_seconds_count"
     assert sample(metrics, count, priority="two_week_wait") == 1
     assert sample(metrics, count, priority="urgent") == 1
     assert sample(metrics, count, priority="routine") == 4

@@ -195,13 +195,13 @@ class Rig:
 
     def retries(self, endpoint: str, reason: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "ers_worker_ers_retries_total", {"endpoint": endpoint, "reason": reason}
+            "ers_worker_api_retries_total", {"endpoint": endpoint, "reason": reason}
         )
         return value or 0.0
 
     def requests(self, endpoint: str, status_class: str) -> float:
         value = self.metrics.registry.get_sample_value(
-            "ers_worker_ers_requests_total", {"endpoint": endpoint, "status_class": status_class}
+            "ers_worker_api_requests_total", {"endpoint": endpoint, "status_class": status_class}
         )
         return value or 0.0
 

@@ -32,11 +32,11 @@ from worker.messaging.headers import (
 )
 from worker.messaging.tokens import MessageHeaderTokenProvider
 from worker.observability.metrics import (
+    ALREADY_FINISHED,
     DELAYED,
     POISONED,
     PROCESSED,
     REJECTED,
-    REPLAYED,
     Metrics,
 )
 from worker.ops.samples import sample
@@ -454,7 +454,7 @@ async def test_the_same_message_again_replays_the_stored_outcome(rig: Rig) -> No
     assert replayed.event_id == first.outcome.event_id
     assert replayed == first.outcome
     assert again.fate is Fate.ACK
-    assert again.result == REPLAYED
+    assert again.result == ALREADY_FINISHED
     assert rig.ers.calls == calls  # no e-RS call
     assert len(rig.ers.sessions) == 1
     assert rig.finished("completed", "shortlist_only") == 1  # counted once, not per replay
@@ -468,7 +468,7 @@ async def test_a_replay_needs_no_token(rig: Rig) -> None:
 
     assert first.outcome is not None
     assert only_outcome(again).event_id == first.outcome.event_id
-    assert again.result == REPLAYED
+    assert again.result == ALREADY_FINISHED
 
 
 async def test_a_request_id_reused_for_another_request_is_refused(rig: Rig) -> None:
@@ -622,7 +622,7 @@ async def test_a_poisoned_message_of_a_finished_saga_gets_its_outcome(rig: Rig) 
     assert first.outcome is not None
     assert only_outcome(handled).event_id == first.outcome.event_id
     assert handled.fate is Fate.ACK
-    assert handled.result == REPLAYED
+    assert handled.result == ALREADY_FINISHED
 
 
 async def test_a_poisoned_message_that_is_not_json_is_parked(rig: Rig) -> None:
