@@ -26,7 +26,8 @@ import orjson
 from worker.messaging.consumer import Worker
 from worker.messaging.topology import Names, definitions
 from worker.ops.app import configure_logging, request_handler
-from worker.ops.settings import Settings, env_example
+from worker.ops.failure import OperatorError
+from worker.ops.settings import Settings, env_example, load_settings
 
 log = logging.getLogger("worker")
 TOKEN_ENV = "ERS_ACCESS_TOKEN"
@@ -112,7 +113,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "env":
         print(env_example(), end="")
         return 0
-    settings = Settings()
+    try:
+        settings = load_settings(demo=args.command == "demo")
+    except OperatorError as error:
+        print(f"ers-worker: {error}", file=sys.stderr)
+        return error.exit_code
     if args.command == "definitions":
         document = definitions(
             Names(settings.topology_prefix),
