@@ -390,6 +390,7 @@ def load_settings(*, demo: bool = False, env_file: Path | None = None) -> Settin
         raise OperatorError(_one_line(error)) from None
     except SettingsError as error:
         raise OperatorError(f"unreadable settings in the environment or {path}: {error}") from None
+    _refuse_an_https_proxy()
     secret = settings.patient_key_secret.get_secret_value()
     if (
         secret == DEFAULT_PATIENT_KEY_SECRET
@@ -402,6 +403,17 @@ def load_settings(*, demo: bool = False, env_file: Path | None = None) -> Settin
             "replica), or ERS_ENVIRONMENT=sandbox"
         )
     return settings
+
+
+def _refuse_an_https_proxy() -> None:
+    """aiohttp ignores an https:// proxy from the environment, with a warning: e-RS calls
+    would bypass a proxy the site requires."""
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        if os.environ.get(name, "").lower().startswith("https://"):
+            raise OperatorError(
+                f"{name}: the proxy's URL must be http:// (e-RS calls are tunnelled through it "
+                "over TLS); an https:// proxy would be ignored by the e-RS client"
+            )
 
 
 _SECRETS = frozenset(

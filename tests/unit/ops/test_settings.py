@@ -225,3 +225,16 @@ def test_the_example_file_copied_to_worker_env_gives_the_defaults(tmp_path: Path
     # What its first line tells an operator to do.
     (tmp_path / "worker.env").write_text(ENV_EXAMPLE.read_text())
     assert load_settings() == Settings()
+
+
+@pytest.mark.parametrize("name", ["HTTPS_PROXY", "https_proxy"])
+def test_an_https_proxy_url_is_refused_as_the_e_rs_client_would_ignore_it(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.delenv("HTTPS_PROXY", raising=False)
+    monkeypatch.delenv("https_proxy", raising=False)
+    message = refusal(monkeypatch, **{name: "https://user:pw@proxy.example:3128"})
+    assert message.startswith(f"{name}: the proxy's URL must be http://")
+    assert "pw" not in message
+    monkeypatch.setenv(name, "http://proxy.example:3128")
+    assert load_settings().ers_environment is ErsEnvironment.PRODUCTION
