@@ -24,6 +24,7 @@ async def test_run_consumes_then_stops_cleanly_on_sigterm(
         **os.environ,
         "AMQP_URL": amqp_url,
         "TOPOLOGY_PREFIX": settings.topology_prefix,
+        "ERS_ENVIRONMENT": "sandbox",
         "ERS_BASE_URL": settings.ers_base_url,
         "LETTERS_DIR": str(settings.letters_dir),
         "SAGA_STORE_PATH": str(settings.saga_store_path),
@@ -84,6 +85,7 @@ async def test_a_broker_down_at_start_is_waited_for_with_one_log_line_per_try(
     env = {
         **os.environ,
         "AMQP_URL": "amqp://guest:guest@127.0.0.1:1/",
+        "ERS_ENVIRONMENT": "sandbox",
         "TOPOLOGY_PREFIX": settings.topology_prefix,
         "SAGA_STORE_PATH": str(tmp_path / "sagas.db"),
         "METRICS_PORT": "0",

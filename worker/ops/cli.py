@@ -36,7 +36,7 @@ from worker.observability.logs import failure_fields
 from worker.ops import exits, tools
 from worker.ops.app import configure_logging, request_handler
 from worker.ops.failure import OperatorError
-from worker.ops.settings import Settings, env_example
+from worker.ops.settings import Settings, env_example, load_settings
 
 log = logging.getLogger("worker")
 TOKEN_ENV = "ERS_ACCESS_TOKEN"
@@ -79,7 +79,7 @@ def _run() -> int:
     configure_logging("INFO")  # until the settings say otherwise: they may be what fails
     settings: Settings | None = None
     try:
-        settings = Settings()
+        settings = load_settings()
         configure_logging(settings.log_level)
         return asyncio.run(serve(settings))
     except Exception as exc:
@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = exits.explain(exc, context.settings)
         if problem is None:
             raise  # a bug: its traceback is what a developer needs
-        print(str(problem), file=sys.stderr)
+        print(f"ers-worker: {problem}", file=sys.stderr)
         return problem.exit_code
 
 
@@ -237,7 +237,8 @@ def _dispatch(args: argparse.Namespace, context: _Context) -> int:
         return _validate(args.files, as_json=args.json)
     if args.command == "run":
         return _run()
-    settings = context.settings = Settings()
+    # An invalid setting is an OperatorError: main() prints it as one line, exit code 2.
+    settings = context.settings = load_settings(demo=args.command == "demo")
     if args.command == "definitions":
         document = definitions(
             Names(settings.topology_prefix),

@@ -1,16 +1,28 @@
-"""All settings of the worker, from environment variables, built once at the entry point.
+"""All settings of the worker, from environment variables and ``worker.env``, built once at the
+entry point by :func:`load_settings`.
 
 ``deploy/worker.env.example`` lists every variable with its default; a test keeps the two
-in step.
+in step. The process's environment wins over the env file, which wins over the defaults.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import os
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import AliasChoices, Field, SecretStr
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import (
+    AliasChoices,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from worker.messaging.topology import (
     DEFAULT_DELIVERY_LIMIT,
@@ -18,8 +30,32 @@ from worker.messaging.topology import (
     DEFAULT_RETRY_DELAYS,
 )
 from worker.ops.failpoints import ENV as FAILPOINTS_ENV
+from worker.ops.failure import OperatorError
 from worker.saga.state import TriageRoute
 from worker.saga.working_days import HolidayRegion
+
+#: The env file read from the current directory; ENV_FILE_ENV names another one.
+DEFAULT_ENV_FILE = Path("worker.env")
+ENV_FILE_ENV = "WORKER_ENV_FILE"
+#: The shipped patient-key secret: anyone can compute the patient key of an NHS number with it.
+DEFAULT_PATIENT_KEY_SECRET = "change-me-in-production"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+class ErsEnvironment(StrEnum):
+    """e-RS' environments; each has its FHIR base URL (ERS_BASE_URL overrides it)."""
+
+    SANDBOX = "sandbox"
+    INTEGRATION = "integration"
+    PRODUCTION = "production"
+
+
+ERS_BASE_URLS = {
+    # `make sandbox` / `ers-sandbox` on its default port: no patient data, no real tokens.
+    ErsEnvironment.SANDBOX: "http://127.0.0.1:8765/referrals/FHIR",
+    ErsEnvironment.INTEGRATION: "https://int.api.service.nhs.uk/referrals/FHIR",
+    ErsEnvironment.PRODUCTION: "https://api.service.nhs.uk/referrals/FHIR",
+}
 
 
 def _env(name: str) -> AliasChoices:
@@ -27,7 +63,10 @@ def _env(name: str) -> AliasChoices:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", frozen=True)
+    # An empty value (`NAME=` in the env file) means the default, as the example file says.
+    model_config = SettingsConfigDict(
+        env_prefix="", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     amqp_url: SecretStr = Field(
         SecretStr("amqp://guest:guest@127.0.0.1:5672/"),
@@ -67,10 +106,24 @@ class Settings(BaseSettings):
         description="On SIGTERM, how long in-flight sagas may run on (longer than "
         "ERS_BOOKING_TIMEOUT_SECONDS; the rest resume from their checkpoints elsewhere).",
     )
+    ers_environment: ErsEnvironment = Field(
+        ErsEnvironment.PRODUCTION,
+        validation_alias=_env("ERS_ENVIRONMENT"),
+        description="The e-RS environment: sandbox (the local ers-sandbox on 127.0.0.1:8765), "
+        "integration (https://int.api.service.nhs.uk/referrals/FHIR) or production "
+        "(https://api.service.nhs.uk/referrals/FHIR).",
+    )
+    ers_allow_plain_http: bool = Field(
+        False,
+        validation_alias=_env("ERS_ALLOW_PLAIN_HTTP"),
+        description="Allow an http:// ERS_BASE_URL that is not loopback (a sandbox on another "
+        "host); tokens and patient data would cross the network unencrypted.",
+    )
     ers_base_url: str = Field(
-        "https://api.service.nhs.uk/referrals/FHIR",
+        "",
+        validate_default=True,
         validation_alias=_env("ERS_BASE_URL"),
-        description="e-RS FHIR base URL (…/referrals/FHIR).",
+        description="e-RS FHIR base URL (…/referrals/FHIR); empty: ERS_ENVIRONMENT's.",
     )
     ers_code_system_base_url: str | None = Field(
         None,
@@ -322,12 +375,40 @@ class Settings(BaseSettings):
         validation_alias=_env("METRICS_HOST"),
         description="Address the metrics and health endpoint listens on.",
     )
-    log_level: str = Field("INFO", validation_alias=_env("LOG_LEVEL"), description="Log level.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
+        "INFO",
+        validation_alias=_env("LOG_LEVEL"),
+        description="Log level: DEBUG, INFO, WARNING, ERROR or CRITICAL.",
+    )
     failpoints: str = Field(
         "",
         validation_alias=_env(FAILPOINTS_ENV),
         description="Test-only crash points (worker.ops.failpoints); never set in production.",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _level_in_any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("ers_base_url")
+    @classmethod
+    def _base_url_of_the_environment(cls, value: str, info: ValidationInfo) -> str:
+        environment: ErsEnvironment | None = info.data.get("ers_environment")
+        if not value:
+            if environment is None:
+                return value  # ERS_ENVIRONMENT is wrong, and said so
+            value = ERS_BASE_URLS[environment]
+        parts = urlsplit(value)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError("must be an https:// URL (…/referrals/FHIR)")
+        allowed = info.data.get("ers_allow_plain_http", False)
+        if parts.scheme == "http" and not allowed and not _loopback(parts.hostname):
+            raise ValueError(
+                "is plain http:// to a host that is not loopback: use https://, "
+                "or set ERS_ALLOW_PLAIN_HTTP=true for a sandbox on another host"
+            )
+        return value
 
     @property
     def code_system_base_url(self) -> str:
@@ -338,6 +419,79 @@ class Settings(BaseSettings):
         return tuple(float(d) for d in self.retry_delays_seconds.split(","))
 
 
+def _loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_settings(*, demo: bool = False, env_file: Path | None = None) -> Settings:
+    """The settings of an entry point, or an :class:`OperatorError` naming what is wrong.
+
+    Reads the environment, then the env file (WORKER_ENV_FILE, else ./worker.env if there is
+    one). ``demo`` is `ers-worker demo`, which runs against its own sandbox.
+    """
+    named = env_file or (Path(os.environ[ENV_FILE_ENV]) if os.environ.get(ENV_FILE_ENV) else None)
+    if named is not None and not named.is_file():
+        raise OperatorError(f"{ENV_FILE_ENV}: no env file at {named}")
+    path = named or DEFAULT_ENV_FILE
+    try:
+        settings = Settings(_env_file=path if path.is_file() else None)
+    except ValidationError as error:
+        raise OperatorError(_one_line(error)) from None
+    except SettingsError as error:
+        raise OperatorError(f"unreadable settings in the environment or {path}: {error}") from None
+    _refuse_an_https_proxy()
+    secret = settings.patient_key_secret.get_secret_value()
+    if (
+        secret == DEFAULT_PATIENT_KEY_SECRET
+        and not demo
+        and settings.ers_environment is not ErsEnvironment.SANDBOX
+    ):
+        raise OperatorError(
+            "PATIENT_KEY_SECRET is the shipped default, with which anyone can compute a "
+            "patient's key from the NHS number: set a long random secret (the same on every "
+            "replica), or ERS_ENVIRONMENT=sandbox"
+        )
+    return settings
+
+
+def _refuse_an_https_proxy() -> None:
+    """aiohttp ignores an https:// proxy from the environment, with a warning: e-RS calls
+    would bypass a proxy the site requires."""
+    for name in ("HTTPS_PROXY", "https_proxy"):
+        if os.environ.get(name, "").lower().startswith("https://"):
+            raise OperatorError(
+                f"{name}: the proxy's URL must be http:// (e-RS calls are tunnelled through it "
+                "over TLS); an https:// proxy would be ignored by the e-RS client"
+            )
+
+
+_SECRETS = frozenset(
+    name for name, field in Settings.model_fields.items() if "SecretStr" in str(field.annotation)
+)
+_ALIASES = {
+    name: field.validation_alias.choices[0]  # type: ignore[union-attr]
+    for name, field in Settings.model_fields.items()
+}
+
+
+def _one_line(error: ValidationError) -> str:
+    """Each bad setting with what it may be; a secret's value is never repeated."""
+    problems = []
+    for problem in error.errors(include_url=False):
+        where = str(problem["loc"][0]) if problem["loc"] else ""
+        field = next((n for n, a in _ALIASES.items() if where in (n, a)), None)
+        name = _ALIASES.get(field, where) if field else where
+        message = problem["msg"].removeprefix("Value error, ")
+        shown = "" if field in _SECRETS else f" (got {problem['input']!r})"
+        problems.append(f"{name}: {message}{shown}")
+    return "invalid settings: " + "; ".join(problems)
+
+
 # Settings that only the fault-injection tests set: not in the operators' example file.
 _NOT_FOR_OPERATORS = frozenset({"failpoints"})
 
@@ -345,8 +499,10 @@ _NOT_FOR_OPERATORS = frozenset({"failpoints"})
 def env_example() -> str:
     """Every setting as an environment file with its default (deploy/worker.env.example)."""
     lines = [
-        "# Every setting of ers-worker, with its default. Copy to worker.env and edit.",
-        "# Generated by `ers-worker env`; tests/test_settings.py keeps it current.",
+        "# Every setting of ers-worker, with its default. Copy to worker.env in the directory",
+        "# ers-worker runs in (or name another file in WORKER_ENV_FILE) and edit: the process's",
+        "# environment wins over the file. An empty value means the default.",
+        "# Generated by `ers-worker env`; tests/unit/ops/test_settings.py keeps it current.",
     ]
     for name, field in Settings.model_fields.items():
         if name in _NOT_FOR_OPERATORS:
@@ -354,6 +510,8 @@ def env_example() -> str:
         default = field.default
         if isinstance(default, SecretStr):
             default = default.get_secret_value()
+        if isinstance(default, bool):
+            default = str(default).lower()
         text = "" if default is None else str(getattr(default, "value", default))
         lines += ["", f"# {field.description}", f"{field.validation_alias.choices[0]}={text}"]  # type: ignore[union-attr]
     return "\n".join(lines) + "\n"
