@@ -319,7 +319,7 @@ async def test_an_invalid_setting_is_one_line_and_exit_2(settings: Settings) -> 
         "dead-letters", "list", env=worker_env(settings, TOPOLOGY_PREFIX="Not A Prefix!")
     )
     assert (code, out) == (2, "")
-    assert one_line(err).startswith("setting TOPOLOGY_PREFIX is invalid: ")
+    assert one_line(err).startswith("invalid settings: TOPOLOGY_PREFIX: ")
 
 
 async def test_status_without_a_saga_store_is_one_line_and_exit_2(

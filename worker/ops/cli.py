@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         problem = exits.explain(exc, context.settings)
         if problem is None:
             raise  # a bug: its traceback is what a developer needs
-        print(f"ers-worker: {problem}", file=sys.stderr)
+        print(str(problem), file=sys.stderr)
         return problem.exit_code
 
 
