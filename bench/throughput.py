@@ -162,7 +162,11 @@ async def drive(
                 event = orjson.loads(message.body)
                 if event["event_type"] == "referral.outcome":
                     outcomes += 1
-                    statuses[event["status"]] = statuses.get(event["status"], 0) + 1
+                    # A failure is shown with its code (never a patient detail): a benchmark
+                    # that loses referrals quietly would measure the wrong thing.
+                    error = event.get("error") or {}
+                    key = event["status"] if not error else f"{event['status']}:{error.get('code')}"
+                    statuses[key] = statuses.get(key, 0) + 1
                     if outcomes == requests:
                         break
         wall = time.perf_counter() - wall0
