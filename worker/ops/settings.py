@@ -487,7 +487,9 @@ def _one_line(error: ValidationError) -> str:
         field = next((n for n, a in _ALIASES.items() if where in (n, a)), None)
         name = _ALIASES.get(field, where) if field else where
         message = problem["msg"].removeprefix("Value error, ")
-        shown = "" if field in _SECRETS else f" (got {problem['input']!r})"
+        # Only a named, non-secret setting's value is shown: an error without a field (a
+        # model-level check) carries every setting as its input, secrets included.
+        shown = "" if field is None or field in _SECRETS else f" (got {problem['input']!r})"
         problems.append(f"{name}: {message}{shown}")
     return "invalid settings: " + "; ".join(problems)
 

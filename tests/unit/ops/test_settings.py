@@ -258,3 +258,21 @@ def test_an_https_proxy_url_is_refused_as_the_e_rs_client_would_ignore_it(
     assert "pw" not in message
     monkeypatch.setenv(name, "http://proxy.example:3128")
     assert load_settings().ers_environment is ErsEnvironment.PRODUCTION
+
+
+def test_an_error_naming_no_setting_never_shows_the_input() -> None:
+    # A model-level check's input is every setting at once, secrets included.
+    error = ValidationError.from_exception_data(
+        "Settings",
+        [
+            {
+                "type": "value_error",
+                "loc": (),
+                "input": {"PATIENT_KEY_SECRET": "s3cr3t-value"},
+                "ctx": {"error": ValueError("settings disagree")},
+            }
+        ],
+    )
+    line = _one_line(error)
+    assert "settings disagree" in line
+    assert "s3cr3t-value" not in line
