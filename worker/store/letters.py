@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import os
 import re
 import stat
@@ -17,6 +18,8 @@ import time
 from pathlib import Path
 
 from schemas.events import LetterInfo
+
+log = logging.getLogger("worker.store.letters")
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 _FILE_MODE = 0o600
@@ -59,7 +62,12 @@ class FileLetterStore:
             os.fsync(f.fileno())
         os.replace(tmp, final)
         if time.monotonic() >= self._next_sweep:
-            self.sweep()
+            try:
+                self.sweep()
+            except OSError as exc:
+                # The letter is written: a sweep that fails must not fail the saga. The next
+                # one (an hour on) tries again. Only the error's kind: paths name requests.
+                log.warning("letters sweep failed", extra={"error": type(exc).__name__})
         return final
 
     def sweep(self, now: float | None = None) -> int:
@@ -71,13 +79,22 @@ class FileLetterStore:
         os.chmod(self._dir, _DIR_MODE)
         cutoff = (time.time() if now is None else now) - self._retention_seconds
         deleted = 0
-        for entry in os.scandir(self._dir):
-            if not entry.is_file(follow_symlinks=False):
-                continue
-            info = entry.stat(follow_symlinks=False)
-            if self._retention_seconds and info.st_mtime < cutoff:
-                os.unlink(entry.path)
-                deleted += 1
-            elif stat.S_IMODE(info.st_mode) & 0o077:
-                os.chmod(entry.path, _FILE_MODE)
+        with os.scandir(self._dir) as entries:
+            for entry in entries:
+                try:
+                    deleted += self._sweep_one(entry, cutoff)
+                except FileNotFoundError:
+                    # Gone under us: another saving thread's .part renamed, or a letter removed.
+                    continue
         return deleted
+
+    def _sweep_one(self, entry: os.DirEntry[str], cutoff: float) -> int:
+        if not entry.is_file(follow_symlinks=False):
+            return 0
+        info = entry.stat(follow_symlinks=False)
+        if self._retention_seconds and info.st_mtime < cutoff:
+            os.unlink(entry.path)
+            return 1
+        if stat.S_IMODE(info.st_mode) & 0o077:
+            os.chmod(entry.path, _FILE_MODE)
+        return 0

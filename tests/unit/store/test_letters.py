@@ -8,6 +8,8 @@ import stat
 import time
 from pathlib import Path
 
+import pytest
+
 from worker.store.letters import FileLetterStore
 
 
@@ -74,3 +76,46 @@ def test_the_sweep_runs_at_most_hourly(tmp_path: Path) -> None:
     assert late.exists()  # not swept again within the hour
     assert store.sweep() == 1
     assert not late.exists()
+
+
+def test_a_file_gone_during_the_sweep_is_skipped_and_the_rest_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another saving thread renames its .part while this one sweeps (seen in CI: the save
+    # failed with FileNotFoundError and its saga ended FAILED).
+    store = FileLetterStore(tmp_path, retention_days=1)
+    old = tmp_path / "r-0__old.pdf"
+    old.write_bytes(b"x")
+    os.utime(old, (0, 0))
+    vanishing = tmp_path / "r-1__x.pdf.part"
+    vanishing.write_bytes(b"x")
+    real_scandir = os.scandir
+
+    class Listed(list[os.DirEntry[str]]):  # what os.scandir returns: iterable, a context
+        def __enter__(self) -> Listed:
+            return self
+
+        def __exit__(self, *_: object) -> None:
+            return None
+
+    def scandir_then_rename(path: Path) -> Listed:
+        with real_scandir(path) as entries:
+            listed = Listed(entries)
+        vanishing.unlink()  # listed, then gone before its stat
+        return listed
+
+    monkeypatch.setattr(os, "scandir", scandir_then_rename)
+    assert store.sweep() == 1
+    assert not old.exists()
+
+
+def test_a_sweep_that_fails_does_not_fail_the_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = FileLetterStore(tmp_path, retention_days=1)
+
+    def broken(now: float | None = None) -> int:
+        raise PermissionError("no")
+
+    monkeypatch.setattr(store, "sweep", broken)
+    assert save(store, "r-1").read_bytes() == b"%PDF-1.4"
