@@ -43,6 +43,7 @@ from bench.throughput import (
     free_port,
     give_slots,
     start_sandbox,
+    wait_healthy,
     worker_settings,
 )
 from sandbox.faults import ENDPOINT_IDS
@@ -59,8 +60,20 @@ class Suite:
     """What every section needs: the one sandbox, the broker and the command line."""
 
     root: str  # http://127.0.0.1:PORT of the sandbox process
+    stub: str  # of the canned stub (bench/stub.py), replaying the sandbox's answers
     amqp_url: str
     args: argparse.Namespace
+
+    @property
+    def ers(self) -> str:
+        """What the cpu and latency sections run against (--against)."""
+        return self.stub if self.args.against == "stub" else self.root
+
+    async def fresh(self, requests: int, *, delay_seconds: float = 0.0) -> None:
+        if self.args.against == "stub":
+            await fresh_stub(self.stub, delay_seconds)
+        else:
+            await fresh_sandbox(self.root, requests, delay_seconds=delay_seconds)
 
 
 # --- the sandbox -----------------------------------------------------------------------------
@@ -83,6 +96,32 @@ async def fresh_sandbox(root: str, requests: int, *, delay_seconds: float = 0.0)
                 }
                 (await admin.post("/faults", json=fault)).raise_for_status()
     await give_slots(root, requests + 10)
+
+
+async def fresh_stub(root: str, delay_seconds: float) -> None:
+    async with httpx.AsyncClient(base_url=root) as admin:
+        (await admin.post("/_sandbox/reset")).raise_for_status()
+        latency = {"seconds": delay_seconds}
+        (await admin.post("/_stub/latency", json=latency)).raise_for_status()
+
+
+async def start_stub(sandbox_root: str, amqp_url: str) -> tuple[asyncio.subprocess.Process, str]:
+    """The canned stub, recorded from one DBS saga through the sandbox, then replaying."""
+    port = free_port()
+    process = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "bench.stub", "--port", str(port), "--upstream", sandbox_root],
+        stdout=asyncio.subprocess.DEVNULL,
+    )
+    root = f"http://127.0.0.1:{port}"
+    await wait_healthy(root, process)
+    await fresh_sandbox(sandbox_root, 1)
+    recording = await run_worker(root, amqp_url, requests=1, concurrency=1)
+    if recording["outcomes"] != {"COMPLETED": 1}:
+        process.kill()
+        raise RuntimeError(f"the stub's recording saga ended {recording['outcomes']}")
+    async with httpx.AsyncClient(base_url=root) as admin:
+        (await admin.post("/_stub/replay")).raise_for_status()
+    return process, root
 
 
 async def calls_per_referral(root: str) -> dict[str, float]:
@@ -152,9 +191,9 @@ async def cpu_section(suite: Suite) -> None:
     )
 
     async def bare(requests: int) -> dict[str, Any]:
-        await fresh_sandbox(suite.root, requests)
+        await suite.fresh(requests)
         return await run_bare(
-            suite.root,
+            suite.ers,
             suite.amqp_url,
             requests=requests,
             concurrency=args.concurrency,
@@ -162,11 +201,11 @@ async def cpu_section(suite: Suite) -> None:
         )
 
     async def worker(requests: int) -> dict[str, Any]:
-        await fresh_sandbox(suite.root, requests)
+        await suite.fresh(requests)
         figures = await run_worker(
-            suite.root, suite.amqp_url, requests=requests, concurrency=args.concurrency
+            suite.ers, suite.amqp_url, requests=requests, concurrency=args.concurrency
         )
-        return {**figures, "calls": await calls_per_referral(suite.root)}
+        return {**figures, "calls": await calls_per_referral(suite.ers)}
 
     # A discarded warm-up of each: the first run in a process pays for first-time imports,
     # connection pools and the worker's reference data, which no later round does.
@@ -215,11 +254,11 @@ async def latency_section(suite: Suite) -> None:
     print(f"== latency: every e-RS call answered after {latency * 1000:g} ms", flush=True)
     for concurrency in args.latency_concurrency:
         requests = args.latency_requests_per_slot * concurrency
-        await fresh_sandbox(suite.root, requests, delay_seconds=latency)
+        await suite.fresh(requests, delay_seconds=latency)
         figures = await run_worker(
-            suite.root, suite.amqp_url, requests=requests, concurrency=concurrency
+            suite.ers, suite.amqp_url, requests=requests, concurrency=concurrency
         )
-        calls = await calls_per_referral(suite.root)
+        calls = await calls_per_referral(suite.ers)
         # Each saga makes its calls one after another, so `concurrency` sagas in flight can
         # finish at most concurrency / (calls x latency) per second, calls being the mean.
         ideal = concurrency / (calls["mean"] * latency)
@@ -268,19 +307,32 @@ SECTIONS: dict[str, Section] = {
 async def run_suite(args: argparse.Namespace, amqp_url: str) -> None:
     port = free_port()
     sandbox = await start_sandbox(port)
-    suite = Suite(f"http://127.0.0.1:{port}", amqp_url, args)
+    root = f"http://127.0.0.1:{port}"
+    processes = [sandbox]
     try:
+        stub, stub_root = await start_stub(root, amqp_url)
+        processes.append(stub)
+        suite = Suite(root, stub_root, amqp_url, args)
+        print(f"(cpu and latency against the {args.against}; budget against the sandbox)")
         for name in args.only or list(SECTIONS):
             await SECTIONS[name](suite)
     finally:
-        sandbox.terminate()
-        await asyncio.wait_for(sandbox.wait(), timeout=10)
+        for process in processes:
+            process.terminate()
+            await asyncio.wait_for(process.wait(), timeout=10)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument(
         "--only", action="append", choices=list(SECTIONS), help="run this section (repeatable)"
+    )
+    parser.add_argument(
+        "--against",
+        choices=("stub", "sandbox"),
+        default="stub",
+        help="what answers the cpu and latency runs: the canned stub (bench/stub.py, the "
+        "sandbox's recorded answers) or the sandbox itself",
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=200, help="per cpu run")

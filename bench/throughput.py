@@ -51,15 +51,21 @@ async def start_sandbox(port: int) -> asyncio.subprocess.Process:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
+    await wait_healthy(f"http://127.0.0.1:{port}", process)
+    return process
+
+
+async def wait_healthy(root: str, process: asyncio.subprocess.Process) -> None:
+    """Until `root`/_sandbox/health answers (the sandbox's, or the stub's), 5 s at most."""
     async with httpx.AsyncClient() as client:
         for _ in range(100):
             try:
-                await client.get(f"http://127.0.0.1:{port}/_sandbox/health")
-                return process
+                await client.get(f"{root}/_sandbox/health")
+                return
             except httpx.TransportError:
                 await asyncio.sleep(0.05)
     process.kill()
-    raise RuntimeError("sandbox did not start")
+    raise RuntimeError(f"{root} did not start")
 
 
 async def give_slots(root: str, count: int) -> None:
