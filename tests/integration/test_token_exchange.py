@@ -4,15 +4,17 @@ taking the access token."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 
 from sandbox.testing import SandboxHandle
-from tests.harness import Harness, eventually, sample
+from tests.harness import Harness, eventually, nhs_numbers, sample
 from tests.platform import (
     API_KEY,
     KID,
@@ -25,6 +27,8 @@ from tests.platform import (
 )
 from worker.ers import token_exchange
 from worker.messaging.headers import ID_TOKEN_HEADER
+from worker.observability.logs import JsonFormatter
+from worker.ops.app import guard_library_loggers
 from worker.ops.settings import Settings
 
 
@@ -327,3 +331,89 @@ async def test_a_role_the_user_does_not_hold_is_refused_403_and_the_outcome_is_f
     assert [r["status"] for r in await exchanges(sandbox)] == [200]
     assert await referrals_of(harness, request) == []
     assert harness.parked == []  # the requester's to act on, not a person's at the worker
+
+
+# --- no token in any output ---
+
+
+def segments(token: str) -> list[str]:
+    """The token and, for a JWT, each of its parts (header, payload, signature) alone."""
+    parts = token.split(".")
+    return [token, *parts] if len(parts) > 1 else [token]
+
+
+async def test_no_token_id_token_or_assertion_reaches_any_output(
+    harness: Harness,
+    sandbox: SandboxHandle,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    guard_library_loggers()  # as the worker's logging set-up does
+    booked, invalid = sample("01-dbs-booked.json"), sample("06-invalid-nhs-number.json")
+    broken = sample("05-shortlist-only.json", patient={"nhs_number": nhs_numbers(1)[0]})
+    subjects = {
+        "booked": await id_token(sandbox.root_url),
+        "invalid": await id_token(sandbox.root_url, sds_user_id="555254242108"),
+        "broken": await id_token(sandbox.root_url, sds_user_id="555254242109"),
+        "expired": await id_token(sandbox.root_url, lifetime_seconds=-5),
+    }
+
+    # A booking whose access token expires mid-saga (a 401, then a second exchange).
+    await harness.sandbox.add_fault("A015", None, delay_seconds=2.0)
+    booking = await publish_with(harness, booked, subjects["booked"])
+    await expire_tokens_once_slowed(harness, sandbox)
+    assert (await harness.outcome(booking))["status"] == "COMPLETED"
+    # Parked: an invalid request, and an answer e-RS does not list (after an exchange).
+    rejected = await publish_with(harness, invalid, subjects["invalid"])
+    await harness.sandbox.add_fault("A010", 405)
+    unexpected = await publish_with(harness, broken, subjects["broken"])
+    expired = await publish_with(harness, sample("03-ibs-shortlisted.json"), subjects["expired"])
+    for cid, status in [
+        (rejected, "REJECTED"),
+        (unexpected, "FAILED"),
+        (expired, "REAUTHENTICATION_NEEDED"),
+    ]:
+        assert (await harness.outcome(cid))["status"] == status
+    await harness.settle()
+
+    issued = await admin(sandbox.root_url, "GET", "oauth/issued")
+    secrets = {
+        **{f"ID token ({name})": segments(value) for name, value in subjects.items()},
+        **{f"access token {i}": [t] for i, t in enumerate(issued["access_tokens"])},
+        **{f"client assertion {i}": segments(a) for i, a in enumerate(issued["client_assertions"])},
+    }
+    # The sandbox is e-RS' stand-in, not ours: what it logs is not the worker's to answer for.
+    records = [r for r in caplog.records if not r.name.startswith("sandbox")]
+    formatter = JsonFormatter()
+    store = settings.saga_store_path
+    outputs = {
+        "log lines": "\n".join(formatter.format(r) for r in records),
+        "log records": "\n".join(f"{r.getMessage()} {r.__dict__}" for r in records),
+        "metrics": generate_latest(harness.worker.metrics.registry).decode(),
+        "saga store": b"".join(p.read_bytes() for p in store.parent.glob(f"{store.name}*")).decode(
+            "utf-8", "replace"
+        ),
+        "replies": "\n".join(repr(r) for r in harness.replies),
+        "events exchange": "\n".join(repr(r) for r in harness.topic),
+        "parked messages": "\n".join(repr(r) for r in harness.parked),
+    }
+
+    # What is searched holds what it should, so the search can find something.
+    assert len(issued["access_tokens"]) >= 3 and len(issued["client_assertions"]) >= 3
+    assert [c for c in await calls(harness) if c[1] == 401], "no token expired mid-saga"
+    assert records and 'token_exchange_attempts_total{result="ok"}' in outputs["metrics"]
+    assert booked["request_id"] in outputs["saga store"]
+    assert harness.letters(booking) and harness.letters(booking, harness.topic)
+    assert {r.body.get("request_id") for r in harness.parked} >= {
+        invalid["request_id"],
+        broken["request_id"],
+    }
+    assert len(harness.topic) >= 4
+    leaks = [
+        (output, secret)
+        for output, text in outputs.items()
+        for secret, values in secrets.items()
+        if any(value in text for value in values)
+    ]
+    assert leaks == [], "a token reached an output (output, token)"
