@@ -1,6 +1,9 @@
 """ERS_TOKEN_PROVIDER=message-id-token through the broker and the sandbox as the API platform:
-the worker exchanges the CIS2 ID token from x-ers-id-token, and re-exchanges when e-RS stops
-taking the access token."""
+the worker exchanges the CIS2 ID token from x-ers-id-token; exchanges again when the access
+token expires mid-saga or while the saga waits in a delay queue; ends REAUTHENTICATION_NEEDED
+when the ID token has expired or the platform refuses the exchange (a re-send with a fresh
+one resumes); takes a 403 for a role the user does not hold as final; and no token reaches
+any output."""
 
 from __future__ import annotations
 
