@@ -54,6 +54,9 @@ class Platform:
     tokens: dict[str, Issued] = field(default_factory=dict)
     seen_jtis: dict[str, float] = field(default_factory=dict)  # jti -> its exp
     exchanges: list[dict[str, Any]] = field(default_factory=list)  # results, never tokens
+    # Every client assertion received, kept only for tests that grep the worker's outputs for
+    # it (``GET /_sandbox/oauth/issued``); the platform's side of a leak check.
+    assertions: list[str] = field(default_factory=list)
 
     @property
     def enforced(self) -> bool:
@@ -183,6 +186,7 @@ async def _exchange(request: web.Request, platform: Platform) -> web.Response:
     assertion = form.get("client_assertion")
     if not isinstance(assertion, str) or not assertion:
         raise OAuthError(400, "invalid_request", "Missing client_assertion")
+    platform.assertions.append(assertion)
     now = time.time()
     _check_assertion(platform, assertion, token_url(request), now)
     if form.get("subject_token_type") != SUBJECT_TOKEN_TYPE:
@@ -266,6 +270,13 @@ async def _exchanges(request: web.Request) -> web.Response:
     return _json({"exchanges": request.app[PLATFORM].exchanges})
 
 
+async def _issued(request: web.Request) -> web.Response:
+    """The raw values, for tests only: every access token issued and client assertion
+    received since the last reset, so a test can look for each in what the worker wrote."""
+    platform = request.app[PLATFORM]
+    return _json({"access_tokens": list(platform.tokens), "client_assertions": platform.assertions})
+
+
 async def _id_token(request: web.Request) -> web.Response:
     body = await request.json()
     try:
@@ -299,6 +310,7 @@ def add_routes(app: web.Application, platform: Platform | None = None) -> None:
     app.router.add_post("/_sandbox/oauth/settings", _settings)
     app.router.add_post("/_sandbox/oauth/expire-access-tokens", _expire_tokens)
     app.router.add_get("/_sandbox/oauth/exchanges", _exchanges)
+    app.router.add_get("/_sandbox/oauth/issued", _issued)
     app.router.add_post("/_sandbox/oauth/reset", _reset)
     app.router.add_post("/_sandbox/cis2/id-token", _id_token)
     app.router.add_get("/_sandbox/cis2/jwks", _cis2_jwks)

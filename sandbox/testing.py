@@ -201,6 +201,11 @@ class SandboxAdmin:
         )
         return fault
 
+    async def faults(self) -> list[dict[str, Any]]:
+        """The faults still queued (one is gone once its last use has been taken)."""
+        found: list[dict[str, Any]] = await self._json("GET", "/faults")
+        return found
+
     async def clear_faults(self) -> None:
         await self._json("DELETE", "/faults")
 

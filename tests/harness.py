@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,7 +25,24 @@ from worker.messaging.topology import Names
 from worker.ops.samples import SAMPLES, mixed_batch, nhs_numbers, sample
 
 TEST_TOKEN = "test-user-token-0123456789"
-__all__ = ["SAMPLES", "TEST_TOKEN", "Harness", "Received", "mixed_batch", "nhs_numbers", "sample"]
+__all__ = [
+    "SAMPLES",
+    "TEST_TOKEN",
+    "Harness",
+    "Received",
+    "eventually",
+    "mixed_batch",
+    "nhs_numbers",
+    "sample",
+]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
+    """Wait until ``check`` holds, polling, or fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
 
 
 @dataclass

@@ -7,12 +7,10 @@ wait request published behind routine ones is served before them.
 
 from __future__ import annotations
 
-import asyncio
 import re
 import socket
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
@@ -21,7 +19,7 @@ import pytest
 
 from sandbox.budget import most_in_one_second
 from schemas.referral_request import Priority
-from tests.harness import Harness, mixed_batch
+from tests.harness import Harness, eventually, mixed_batch
 from tests.integration.test_saga_store import POSTGRES_DSN
 from tests.processes import WorkerProcess
 from worker.messaging.headers import work_routing_key
@@ -96,14 +94,6 @@ async def run_batch(harness: Harness, count: int, timeout: float = 120) -> list[
     cids = [await harness.publish(r) for r in batch]
     await harness.wait_until(lambda: all(harness.outcomes(c) for c in cids), timeout=timeout)
     return [harness.outcomes(c)[0] for c in cids]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 30.0) -> None:
-    """Wait until ``check`` holds, polling, or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.1)
 
 
 async def consuming(replicas: Replicas) -> bool:

@@ -39,15 +39,17 @@ from worker.ers.client import RetryPolicy, _wait
 from worker.ers.keys import ALGORITHM, SigningKeys
 from worker.observability.metrics import TOKEN_EXCHANGE_RESULTS, Metrics
 from worker.saga.errors import (
-    TOKEN_EXCHANGE as ENDPOINT,
-)
-from worker.saga.errors import (
+    CLIENT_ASSERTION,
+    SUBJECT_TOKEN,
     Disposition,
     ErsRateLimited,
     ErsTransientError,
     ErsUnexpected,
     ExchangeRefused,
     IdTokenExpired,
+)
+from worker.saga.errors import (
+    TOKEN_EXCHANGE as ENDPOINT,
 )
 from worker.saga.ports import AccessToken
 
@@ -153,14 +155,21 @@ class TokenCache:
         return len(self._entries)
 
 
-def _oauth_error(content: bytes) -> str:
-    """The OAuth ``error`` of a refusal, as a closed label value; never its description."""
+def _refusal(content: bytes) -> tuple[str, str | None]:
+    """The OAuth ``error`` of a refusal, as a closed label value, and which form field its
+    description names (the platform's say "... in client_assertion JWT" or "... in
+    subject_token JWT"), if any. The description itself is never kept: it could echo what
+    it was sent."""
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
-        return "other"
+        return "other", None
     error = body.get("error") if isinstance(body, dict) else None
-    return error if isinstance(error, str) and error in TOKEN_EXCHANGE_RESULTS else "other"
+    label = error if isinstance(error, str) and error in TOKEN_EXCHANGE_RESULTS else "other"
+    description = body.get("error_description") if isinstance(body, dict) else None
+    text = description if isinstance(description, str) else ""
+    about = next((f for f in (CLIENT_ASSERTION, SUBJECT_TOKEN) if f in text), None)
+    return label, about
 
 
 def _result_of(exc: BaseException) -> str:
@@ -296,7 +305,7 @@ class TokenExchanger:
         if status >= 500:
             raise ErsTransientError(ENDPOINT, status, f"HTTP_{status}")
         if status in (400, 401):
-            raise ExchangeRefused(status, _oauth_error(response.content))
+            raise ExchangeRefused(status, *_refusal(response.content))
         raise ErsUnexpected(ENDPOINT, status, f"HTTP_{status}")
 
     def _answer(self, key: str, content: bytes, sent_at: float) -> AccessToken:

@@ -117,29 +117,37 @@ class ErsAuthError(ErsError):
 
 
 TOKEN_EXCHANGE = "TOKEN_EXCHANGE"  # the API platform's /oauth2/token, as errors name it
-# Which token an OAuth error is about, for the outcome's text.
+# Which token an OAuth error is about, for the outcome's text, when the platform's answer does
+# not name the part of the request it refused.
 _CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
+CLIENT_ASSERTION = "client_assertion"
+SUBJECT_TOKEN = "subject_token"
 
 
 class ExchangeRefused(ErsAuthError):
     """The platform refused the exchange: the outcome is REAUTHENTICATION_NEEDED, its code
-    naming the OAuth error (``TOKEN_EXCHANGE_INVALID_GRANT``...), its text which token."""
+    naming the OAuth error (``TOKEN_EXCHANGE_INVALID_GRANT``...), its text which token.
+
+    ``about`` is the form field the platform's answer names (``CLIENT_ASSERTION`` or
+    ``SUBJECT_TOKEN``), if any: the OAuth error alone cannot say, since ``invalid_request``
+    covers a replayed ``jti`` in the assertion as well as a malformed ID token."""
 
     disposition = Disposition.REAUTHENTICATE
 
-    def __init__(self, status: int, error: str) -> None:
+    def __init__(self, status: int, error: str, about: str | None = None) -> None:
+        assertion = about == CLIENT_ASSERTION or (about is None and error in _CLIENT_ERRORS)
         which = (
-            "the worker's client assertion (its API key, key or kid as registered with the "
-            "API platform)"
-            if error in _CLIENT_ERRORS
-            else "the CIS2 ID token"
+            "the worker's client assertion (its API key, key, kid or jti, as the API platform "
+            "checks them) was not accepted: the worker's to put right, then a re-send resumes"
+            if assertion
+            else "the CIS2 ID token was not accepted; re-send with a fresh CIS2 ID token"
         )
         super().__init__(
             TOKEN_EXCHANGE,
             status,
             f"TOKEN_EXCHANGE_{error.upper()}",
             diagnostics=f"the API platform refused to exchange the CIS2 ID token "
-            f"({error}): {which} was not accepted; re-send with a fresh CIS2 ID token",
+            f"({error}): {which}",
         )
         self.error = error
 

@@ -341,19 +341,51 @@ async def test_a_network_fault_is_transient() -> None:
     assert raised.value.code == "CONNECTION_ERROR"
 
 
+ASSERTION_NAMED = "client assertion"
+ID_TOKEN_NAMED = "the CIS2 ID token was not accepted"
+
+
 @pytest.mark.parametrize(
-    ("status", "error", "code", "which"),
+    ("status", "error", "description", "code", "which"),
     [
-        (400, "invalid_grant", "TOKEN_EXCHANGE_INVALID_GRANT", "the CIS2 ID token"),
-        (401, "invalid_client", "TOKEN_EXCHANGE_INVALID_CLIENT", "client assertion"),
-        (400, "invalid_request", "TOKEN_EXCHANGE_INVALID_REQUEST", "the CIS2 ID token"),
-        (400, "made_up_error", "TOKEN_EXCHANGE_OTHER", "the CIS2 ID token"),
+        (
+            400,
+            "invalid_grant",
+            "ID token has expired",
+            "TOKEN_EXCHANGE_INVALID_GRANT",
+            ID_TOKEN_NAMED,
+        ),
+        (
+            401,
+            "invalid_client",
+            "Invalid signature",
+            "TOKEN_EXCHANGE_INVALID_CLIENT",
+            ASSERTION_NAMED,
+        ),
+        # invalid_request is about either: the part the platform's answer names decides.
+        (
+            400,
+            "invalid_request",
+            "Non-unique 'jti' claim in client_assertion JWT",
+            "TOKEN_EXCHANGE_INVALID_REQUEST",
+            ASSERTION_NAMED,
+        ),
+        (
+            400,
+            "invalid_request",
+            "Missing or non-matching 'iss' claim in subject_token JWT",
+            "TOKEN_EXCHANGE_INVALID_REQUEST",
+            ID_TOKEN_NAMED,
+        ),
+        (400, "invalid_request", "", "TOKEN_EXCHANGE_INVALID_REQUEST", ID_TOKEN_NAMED),
+        (400, "made_up_error", "", "TOKEN_EXCHANGE_OTHER", ID_TOKEN_NAMED),
     ],
 )
 async def test_a_refusal_asks_for_reauthentication_naming_the_token_and_why(
-    status: int, error: str, code: str, which: str
+    status: int, error: str, description: str, code: str, which: str
 ) -> None:
-    body = {"error": error, "error_description": f"echo {ID_TOKEN.get_secret_value()}"}
+    echo = f"{description} echo {ID_TOKEN.get_secret_value()}"
+    body = {"error": error, "error_description": echo}
     metrics = Metrics()
     exchanger, sent = _exchanger(lambda _: httpx.Response(status, json=body), metrics=metrics)
 
