@@ -14,7 +14,7 @@ import pytest
 from sandbox.testing import SandboxHandle
 from tests.harness import Harness, sample
 from tests.integration.test_cli_exits import one_line, run
-from tests.platform import API_KEY, KID, admin, id_token, jwks_of, key_dir, register
+from tests.platform import admin, id_token, id_token_mode, registered_application
 from tests.processes import worker_env
 from worker.messaging.headers import ID_TOKEN_HEADER
 from worker.ops.settings import Settings
@@ -22,25 +22,13 @@ from worker.ops.settings import Settings
 
 @pytest.fixture
 async def platform(sandbox: SandboxHandle, tmp_path: Path) -> AsyncIterator[Path]:
-    """The application registered with the sandbox's API platform (which then enforces its
-    tokens on every e-RS call); its key directory."""
-    keys = key_dir(tmp_path)
-    await admin(sandbox.root_url, "POST", "oauth/reset")
-    await register(sandbox.root_url, jwks_of(keys))
-    yield keys
-    await admin(sandbox.root_url, "POST", "oauth/reset")
+    async with registered_application(sandbox.root_url, tmp_path) as keys:
+        yield keys
 
 
 @pytest.fixture
 def settings(settings: Settings, platform: Path) -> Settings:
-    return settings.model_copy(
-        update={
-            "ers_token_provider": "message-id-token",
-            "apim_api_key": API_KEY,
-            "apim_key_id": KID,
-            "apim_private_key_dir": platform,
-        }
-    )
+    return id_token_mode(settings, platform)
 
 
 def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
