@@ -4,6 +4,8 @@ tokens from the sandbox's test issuer."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -13,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from worker.ers.keys import load_keys
+from worker.ops.settings import Settings
 
 API_KEY = "sandbox-api-key-0001"
 KID = "test-kid-1"
@@ -58,6 +61,33 @@ async def register(root_url: str, jwks: dict[str, Any], api_key: str = API_KEY) 
 async def reset_platform(root_url: str) -> None:
     async with httpx.AsyncClient() as http:
         (await http.post(f"{root_url}/_sandbox/oauth/reset")).raise_for_status()
+
+
+@asynccontextmanager
+async def registered_application(root_url: str, root: Path) -> AsyncIterator[Path]:
+    """An application (API_KEY, its key KID in a directory under ``root``) registered with
+    the sandbox's API platform, which then enforces its tokens on every e-RS call; the key
+    directory. The platform is reset before and after."""
+    keys = key_dir(root)
+    await reset_platform(root_url)
+    await register(root_url, jwks_of(keys))
+    try:
+        yield keys
+    finally:
+        await reset_platform(root_url)
+
+
+def id_token_mode(settings: Settings, keys: Path) -> Settings:
+    """``settings`` for ERS_TOKEN_PROVIDER=message-id-token, signing with the key of
+    ``registered_application``."""
+    return settings.model_copy(
+        update={
+            "ers_token_provider": "message-id-token",
+            "apim_api_key": API_KEY,
+            "apim_key_id": KID,
+            "apim_private_key_dir": keys,
+        }
+    )
 
 
 async def id_token(

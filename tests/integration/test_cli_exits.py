@@ -89,7 +89,8 @@ async def test_version_and_a_clean_top_level_help() -> None:
     code, out, _ = await run("--help")
     assert code == 0
     assert "``" not in out
-    for command in ("run", "demo", "validate", "submit", "status", "dead-letters", "schemas"):
+    commands = ("run", "demo", "validate", "submit", "status", "dead-letters", "schemas", "jwks")
+    for command in commands:
         assert f"\n    {command} " in out or f"\n    {command}\n" in out
     assert "exit codes" in out and "\n  130  interrupted" in out
 
@@ -416,6 +417,7 @@ async def test_demo_runs_under_topology_prefix_and_removes_only_its_own(
     code, out, err = await run("demo", sample_file, env=env)
     assert code == 0, err
     assert f"topology {settings.topology_prefix}" in out and "1 requests, 1 terminal" in out
+    assert "tokens: 1 CIS2 ID tokens exchanged for access tokens at http://127.0.0.1:" in out
     with pytest.raises(aio_pika.exceptions.ChannelNotFoundEntity):  # removed at exit
         await queue_depth(amqp_url, Names(settings.topology_prefix).requests_queue)
 
@@ -436,3 +438,71 @@ async def test_demo_runs_under_topology_prefix_and_removes_only_its_own(
         assert await queue_depth(amqp_url, Names(settings.topology_prefix).requests_queue) == 1
     finally:
         await delete_topology(amqp_url, settings)
+
+
+# --- demo: the token exchange by default, --static-token the quick path ---
+
+
+def demo_env(settings: Settings, tmp_path: Path) -> dict[str, str]:
+    # APIM_* and ERS_TOKEN_PROVIDER of the machine's own must not matter: the demo sets them.
+    return {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("APIM_", "ERS_TOKEN"))},
+        "AMQP_URL": settings.amqp_url.get_secret_value(),
+        "TOPOLOGY_PREFIX": settings.topology_prefix,
+        "SAGA_STORE_PATH": str(tmp_path / "sagas.db"),
+        "LETTERS_DIR": str(tmp_path / "letters"),
+        "METRICS_PORT": "0",
+        "ERS_TOKEN_PROVIDER": "message-access-token",  # overridden by the demo either way
+    }
+
+
+def outcome_rows(out: str) -> dict[str, str]:
+    """Each table row's request id stem (without the run's suffix) and its status."""
+    rows = [line.split() for line in out.splitlines() if line.startswith("demo-")]
+    return {row[0].rsplit("-", 1)[0]: row[1] for row in rows}
+
+
+EXPECTED_STATUSES = {
+    "demo-dbs-booked": "COMPLETED",
+    "demo-dbs-deferred": "COMPLETED",
+    "demo-ibs": "COMPLETED",
+    "demo-ras-triage": "COMPLETED",
+    "demo-shortlist-only": "COMPLETED",
+    "demo-invalid": "REJECTED",
+}
+
+
+async def test_make_runs_demo_exchanges_an_id_token_per_sample_and_shows_none(
+    settings: Settings, tmp_path: Path
+) -> None:
+    code, out, err = await run("demo", env=demo_env(settings, tmp_path))
+
+    assert code == 0, err
+    assert outcome_rows(out) == EXPECTED_STATUSES
+    # The sandbox's API platform enforces its tokens once the demo's application is
+    # registered: COMPLETED outcomes are e-RS calls made with the access tokens it issued.
+    # Each valid sample's ID token was exchanged once; the invalid one never reached e-RS.
+    (line,) = [line for line in out.splitlines() if line.startswith("tokens: ")]
+    assert line.startswith("tokens: 5 CIS2 ID tokens exchanged for access tokens at http://")
+    assert line.endswith("/oauth2/token (ERS_TOKEN_PROVIDER=message-id-token)")
+    assert out.rstrip().endswith("6 requests, 6 terminal outcomes")
+    assert "eyJ" not in out + err  # no JWT (an ID token) shown
+    assert "PRIVATE KEY" not in out + err
+
+
+async def test_demo_static_token_is_the_quick_path_without_an_exchange(
+    settings: Settings, tmp_path: Path
+) -> None:
+    code, out, err = await run(
+        "demo",
+        "--static-token",
+        str(SAMPLES / "01-dbs-booked.json"),
+        str(SAMPLES / "06-invalid-nhs-number.json"),
+        env=demo_env(settings, tmp_path),
+    )
+
+    assert code == 0, err
+    assert outcome_rows(out) == {"demo-dbs-booked": "COMPLETED", "demo-invalid": "REJECTED"}
+    assert "tokens: one static access token for every request (ERS_TOKEN_PROVIDER=static)" in out
+    assert "exchanged" not in out
+    assert "demo-user-token" not in out + err

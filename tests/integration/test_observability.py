@@ -51,6 +51,8 @@ REQUIRED_ALERTS = {
     "ErsWorkerNotConsuming",
     "ErsSagaStuck",
     "ErsNoSuccessfulCalls",
+    "ErsTokenExchangeClientRefused",
+    "ErsTokenExchangeFailing",
 }
 
 # What RabbitMQ's /metrics/detailed serves for the families deploy/prometheus/prometheus.yml

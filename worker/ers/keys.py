@@ -5,7 +5,8 @@ Rules:
    a volume) and/or one PEM in the environment, for the kid ``APIM_KEY_ID`` names.
 2. One key signs (``APIM_KEY_ID``); every loaded key is published in the JWKS, so a rotation
    registers the new key before it signs and removes the old one after (docs/security.md).
-3. Errors name the file or the kid, never the key's contents.
+3. Errors name the file or the kid, never the key's contents; a JWKS holds public members
+   only (``n``, ``e``), never ``d``, ``p``, ``q``, ``dp``, ``dq`` or ``qi``.
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ class SigningKeys:
 
     def jwks(self) -> dict[str, Any]:
         """The public JWKS to register with the API platform (every key, sorted by kid)."""
-        return {"keys": [self.keys[kid].public_jwk() for kid in sorted(self.keys)]}
+        return _jwks(self.keys)
 
 
 def _private_key(pem: bytes, where: str) -> RSAPrivateKey:
@@ -67,26 +68,66 @@ def _private_key(pem: bytes, where: str) -> RSAPrivateKey:
     return key
 
 
-def load_keys(*, directory: Path | None, pem: SecretStr | None, kid: str) -> SigningKeys:
-    """The keys of rule 1; ``kid`` names the one that signs (rule 2)."""
+def _loaded(
+    directory: Path | None, pem: SecretStr | None, kid: str | None
+) -> dict[str, SigningKey]:
+    """Every key of rule 1, by kid; ``kid`` is the one APIM_PRIVATE_KEY is for."""
     keys: dict[str, SigningKey] = {}
     if directory is not None:
         if not directory.is_dir():
             raise KeyProblem(f"APIM_PRIVATE_KEY_DIR {directory} is not a directory")
+        try:
+            names = sorted(p for p in directory.iterdir() if p.suffix == ".pem")
+        except OSError as exc:
+            raise KeyProblem(
+                f"APIM_PRIVATE_KEY_DIR {directory} cannot be listed ({_why(exc)})"
+            ) from None
         # Kubernetes mounts a Secret's keys next to hidden ..data links: skip dotfiles.
-        for path in sorted(directory.glob("*.pem")):
+        for path in names:
             if path.name.startswith("."):
                 continue
             if not _KID.match(path.stem):
                 raise KeyProblem(f"{path.name}: a key file is named <kid>.pem, kid [A-Za-z0-9._-]")
-            keys[path.stem] = SigningKey(path.stem, _private_key(path.read_bytes(), path.name))
+            try:
+                content = path.read_bytes()
+            except OSError as exc:
+                raise KeyProblem(
+                    f"{path.name} in APIM_PRIVATE_KEY_DIR cannot be read ({_why(exc)})"
+                ) from None
+            keys[path.stem] = SigningKey(path.stem, _private_key(content, path.name))
     if pem is not None and pem.get_secret_value().strip():
+        if not kid:
+            raise KeyProblem("APIM_PRIVATE_KEY is set but APIM_KEY_ID, its kid, is not")
         if kid in keys:
             raise KeyProblem(f"kid {kid} is both in APIM_PRIVATE_KEY and in the key directory")
         where = "APIM_PRIVATE_KEY"
         keys[kid] = SigningKey(kid, _private_key(pem.get_secret_value().encode(), where))
     if not keys:
         raise KeyProblem("no signing key: set APIM_PRIVATE_KEY_DIR or APIM_PRIVATE_KEY")
-    if kid not in keys:
+    if kid and kid not in keys:
         raise KeyProblem(f"APIM_KEY_ID {kid} names no loaded key (loaded: {', '.join(keys)})")
-    return SigningKeys(keys, kid)
+    return keys
+
+
+def _why(exc: OSError) -> str:
+    return exc.strerror or type(exc).__name__
+
+
+def load_keys(*, directory: Path | None, pem: SecretStr | None, kid: str) -> SigningKeys:
+    """The keys of rule 1; ``kid`` names the one that signs (rule 2)."""
+    if not kid:
+        raise KeyProblem("APIM_KEY_ID is not set: it names the key that signs")
+    return SigningKeys(_loaded(directory, pem, kid), kid)
+
+
+def public_jwks(
+    *, directory: Path | None, pem: SecretStr | None, kid: str | None
+) -> dict[str, Any]:
+    """The JWKS of every configured key (rule 2), for ``ers-worker jwks``: before the worker
+    is set to sign with one, ``kid`` may be unset (then only a key directory serves)."""
+    return _jwks(_loaded(directory, pem, kid))
+
+
+def _jwks(keys: dict[str, SigningKey]) -> dict[str, Any]:
+    # Public members only: SigningKey.public_jwk converts the public half of each key.
+    return {"keys": [keys[kid].public_jwk() for kid in sorted(keys)]}

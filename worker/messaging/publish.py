@@ -10,7 +10,7 @@ import aio_pika
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
-from worker.messaging.headers import REQUEST_ROUTING_KEY, TOKEN_HEADER
+from worker.messaging.headers import ID_TOKEN_HEADER, REQUEST_ROUTING_KEY, TOKEN_HEADER
 
 
 async def confirmed_channel(connection: AbstractConnection) -> AbstractChannel:
@@ -26,13 +26,18 @@ def request_message(
     reply_to: str | None,
     correlation_id: str,
     token: str | None = None,
+    id_token: str | None = None,
     headers: dict[str, Any] | None = None,
     message_id: str | None = None,
 ) -> aio_pika.Message:
-    """A persistent request message with its reply queue and, if given, the user's token."""
+    """A persistent request message with its reply queue and, if given, the user's access
+    token (x-ers-access-token) and CIS2 ID token (x-ers-id-token): the worker reads the one
+    its ERS_TOKEN_PROVIDER names."""
     all_headers: dict[str, Any] = dict(headers or {})
     if token is not None:
         all_headers[TOKEN_HEADER] = token
+    if id_token is not None:
+        all_headers[ID_TOKEN_HEADER] = id_token
     return aio_pika.Message(
         body=body if isinstance(body, bytes) else orjson.dumps(body),
         content_type="application/json",
@@ -51,12 +56,18 @@ async def publish_request(
     reply_to: str | None,
     correlation_id: str | None = None,
     token: str | None = None,
+    id_token: str | None = None,
     headers: dict[str, Any] | None = None,
 ) -> str:
     """Publish one request to the requests exchange; returns its correlation id."""
     correlation_id = correlation_id or f"req-{uuid.uuid4().hex}"
     message = request_message(
-        body, reply_to=reply_to, correlation_id=correlation_id, token=token, headers=headers
+        body,
+        reply_to=reply_to,
+        correlation_id=correlation_id,
+        token=token,
+        id_token=id_token,
+        headers=headers,
     )
     await exchange.publish(message, routing_key=REQUEST_ROUTING_KEY)
     return correlation_id

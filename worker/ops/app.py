@@ -9,13 +9,14 @@ import sys
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import httpx
 from yarl import URL
 
 from worker.ers.budget import CallBudget
 from worker.ers.client import ErsClient, RetryPolicy
-from worker.ers.keys import KeyProblem, SigningKeys, load_keys
+from worker.ers.keys import KeyProblem, SigningKeys, load_keys, public_jwks
 from worker.ers.token_exchange import TokenCache, TokenExchanger, token_url_for
 from worker.ers.transport import AiohttpWire
 from worker.fhir.build import specialty_system
@@ -73,12 +74,19 @@ def build_token_provider(
 
 def signing_keys(settings: Settings) -> SigningKeys:
     """The application's keys (``worker.ers.keys``); ``KeyProblem`` names what is wrong."""
-    if not settings.apim_key_id:
-        raise KeyProblem("APIM_KEY_ID is not set: it names the key that signs")
     return load_keys(
         directory=settings.apim_private_key_dir,
         pem=settings.apim_private_key,
         kid=settings.apim_key_id,
+    )
+
+
+def published_jwks(settings: Settings) -> dict[str, Any]:
+    """What ``ers-worker jwks`` prints: the public JWKS of every configured key."""
+    return public_jwks(
+        directory=settings.apim_private_key_dir,
+        pem=settings.apim_private_key,
+        kid=settings.apim_key_id or None,
     )
 
 

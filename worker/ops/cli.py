@@ -4,6 +4,7 @@ ers-worker run                  consume referral requests until SIGTERM/SIGINT, 
 ers-worker demo                 what `make run` does: sandbox + worker + the sample requests
 ers-worker validate FILE...     check request files offline, with the worker's intake code
 ers-worker submit FILE...       publish referral requests (--wait for their outcomes)
+ers-worker jwks                 the public JWKS of the signing keys, to register with APIM
 ers-worker status REQUEST_ID    a saga's step, history and outcome, from the saga store
 ers-worker dead-letters list|show|replay|drop   parked messages (looking changes nothing)
 ers-worker schemas [--write]    the JSON Schemas and the AsyncAPI document
@@ -34,12 +35,19 @@ from worker.messaging.consumer import Worker
 from worker.messaging.topology import Names, definitions
 from worker.observability.logs import failure_fields
 from worker.ops import exits, tools
-from worker.ops.app import configure_logging, request_handler
+from worker.ops.app import configure_logging, published_jwks, request_handler
 from worker.ops.failure import OperatorError
 from worker.ops.settings import Settings, env_example, load_settings
 
 log = logging.getLogger("worker")
-TOKEN_ENV = "ERS_ACCESS_TOKEN"
+TOKEN_ENV = tools.ACCESS_TOKEN_ENV
+# Tokens come from the environment or a file, never from an argument: `ps` shows arguments.
+TOKEN_SOURCES = f"""\
+the user's token, from the environment or a file (never an argument, which ps shows):
+  {tools.ACCESS_TOKEN_ENV}     an APIM access token, sent in x-ers-access-token
+  {tools.ID_TOKEN_ENV}         a CIS2 ID token, sent in x-ers-id-token
+                       (for ERS_TOKEN_PROVIDER=message-id-token)
+  --id-token-file FILE the same, from a file; it wins over {tools.ID_TOKEN_ENV}"""
 
 
 async def serve(settings: Settings) -> int:
@@ -141,6 +149,13 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=float, default=60.0, metavar="SECONDS",
         help="seconds to wait for every outcome (default 60)",
     )  # fmt: skip
+    demo.add_argument(
+        "--static-token",
+        action="store_true",
+        help="the quick path: one fixed access token for every request "
+        "(ERS_TOKEN_PROVIDER=static) instead of a CIS2 ID token per request, exchanged at the "
+        "sandbox's /oauth2/token with an ephemeral key (ERS_TOKEN_PROVIDER=message-id-token)",
+    )
     validate = command(
         "validate", "check request files offline, with the intake code the worker runs", as_json
     )
@@ -151,6 +166,8 @@ def _parser() -> argparse.ArgumentParser:
         help="request file(s); nothing is published unless every one is readable and valid",
     )  # fmt: skip
     submit.add_argument("--wait", action="store_true", help="wait for and print the outcomes")
+    _id_token_file(submit)
+    submit.epilog = f"{TOKEN_SOURCES}\n\n{exits.TABLE}"
     submit.add_argument(
         "--timeout", type=float, default=120.0, metavar="SECONDS",
         help="with --wait: seconds to wait for every outcome (default 120)",
@@ -184,13 +201,38 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="make their finished sagas resumable (after a person fixed the cause)",
     )
+    _id_token_file(again)
+    again.epilog = (
+        f"Parked messages carry no token: give the one to replay with.\n\n{TOKEN_SOURCES}"
+        f"\n\n{exits.TABLE}"
+    )
     gone = action("drop", "remove parked messages a person has settled")
     gone.add_argument("message_ids", nargs="+", metavar="MESSAGE_ID", help="message(s) to drop")
     schemas = command("schemas", "print the JSON Schemas and the AsyncAPI document", as_json)
     schemas.add_argument("--write", action="store_true", help="write them under schemas/")
+    jwks = command(
+        "jwks", "print the public JWKS of the signing keys, to register with the API platform"
+    )
+    jwks.description = (
+        "Print the public JWKS (JSON) of every configured signing key, to register with the\n"
+        "API platform for the application of APIM_API_KEY: each <kid>.pem in\n"
+        "APIM_PRIVATE_KEY_DIR, and APIM_PRIVATE_KEY under the kid APIM_KEY_ID. Public members\n"
+        "only (the modulus n and exponent e of each, with its kid): never private key\n"
+        "material. During a rotation it holds the old and the new key (docs/security.md)."
+    )
     command("definitions", "print the RabbitMQ definitions of the topology (JSON)")
     command("env", "print every setting with its default, as an env file")
     return parser
+
+
+def _id_token_file(parser: ArgumentParser) -> None:
+    parser.add_argument(
+        "--id-token-file",
+        type=Path,
+        metavar="FILE",
+        help="a file holding the clinician's CIS2 ID token, sent in x-ers-id-token (instead of "
+        f"{tools.ID_TOKEN_ENV}; never a value on the command line, which ps would show)",
+    )
 
 
 def _version() -> str:
@@ -239,6 +281,10 @@ def _dispatch(args: argparse.Namespace, context: _Context) -> int:
         return _run()
     # An invalid setting is an OperatorError: main() prints it as one line, exit code 2.
     settings = context.settings = load_settings(demo=args.command == "demo")
+    if args.command == "jwks":
+        # A KeyProblem (no key, unreadable, not RSA...) is one line, exit 2 (exits.explain).
+        _print_json(published_jwks(settings))
+        return exits.OK
     if args.command == "definitions":
         document = definitions(
             Names(settings.topology_prefix),
@@ -253,7 +299,9 @@ def _dispatch(args: argparse.Namespace, context: _Context) -> int:
         # The demo's output is its table; logs only when asked for with LOG_LEVEL.
         configure_logging(os.environ.get("LOG_LEVEL", "ERROR"))
         _quiet_broker_client()
-        return asyncio.run(run_demo(settings, args.samples, args.timeout))
+        return asyncio.run(
+            run_demo(settings, args.samples, args.timeout, static_token=args.static_token)
+        )
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     _quiet_broker_client()
     return asyncio.run(_operate(settings, args))
@@ -288,8 +336,11 @@ async def _operate(settings: Settings, args: argparse.Namespace) -> int:
     from worker.ops import dead_letters
 
     token = os.environ.get(TOKEN_ENV)
+    # Only submit and replay send a token; it is read, and checked, before anything is sent.
+    sends = args.command == "submit" or getattr(args, "action", None) == "replay"
+    id_token = tools.id_token_from(args.id_token_file) if sends else None
     if args.command == "submit":
-        return await _submit(settings, args, token)
+        return await _submit(settings, args, token, id_token)
     if args.command == "status":
         return await _status(settings, args)
     if args.action == "list":
@@ -325,11 +376,14 @@ async def _operate(settings: Settings, args: argparse.Namespace) -> int:
         _settled(args, "dropped", dropped, asked)
         return exits.OK if len(dropped) == len(asked) else exits.NOT_ALL
     asked = set(args.message_ids)
-    replayed = await dead_letters.replay(settings, asked, token=token, reopen=args.reopen)
+    replayed = await dead_letters.replay(
+        settings, asked, token=token, id_token=id_token, reopen=args.reopen
+    )
     _settled(args, "replayed", replayed, asked)
-    if not token:
+    if not token and not id_token:
         print(
-            f"note: no {TOKEN_ENV} given: the worker will ask the requester to re-authenticate",
+            f"note: no {TOKEN_ENV}, {tools.ID_TOKEN_ENV} or --id-token-file given: the worker "
+            "will ask the requester to re-authenticate",
             file=sys.stderr,
         )
     return exits.OK if len(replayed) == len(asked) else exits.NOT_ALL
@@ -354,7 +408,9 @@ def _settled(args: argparse.Namespace, done: str, ids: list[str], asked: set[str
         print(f"no parked message {message_id}", file=sys.stderr)
 
 
-async def _submit(settings: Settings, args: argparse.Namespace, token: str | None) -> int:
+async def _submit(
+    settings: Settings, args: argparse.Namespace, token: str | None, id_token: str | None
+) -> int:
     checked = tools.check_files(args.files)
     invalid = [r for r in checked if r.problems]
     if invalid:
@@ -367,7 +423,7 @@ async def _submit(settings: Settings, args: argparse.Namespace, token: str | Non
         )
         return exits.NOT_ALL
     results = await tools.submit(
-        settings, checked, token=token, wait=args.wait, timeout=args.timeout
+        settings, checked, token=token, id_token=id_token, wait=args.wait, timeout=args.timeout
     )
     for result in results:
         if args.json:

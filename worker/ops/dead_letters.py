@@ -9,8 +9,8 @@ Rules:
    unchanged. The pass takes the messages that were there when it began, no more.
 2. Replay and drop remove only the messages chosen, and only once the replayed copy is
    confirmed in the work queue.
-3. What is shown never includes an access token (parked messages have none) or attachment
-   bytes; NHS numbers are masked to their last four digits.
+3. What is shown never includes an access or ID token (parked messages have none) or
+   attachment bytes; NHS numbers are masked to their last four digits.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from worker.messaging.headers import (
     ATTEMPT_HEADER,
     DELIVERY_COUNT_HEADER,
+    ID_TOKEN_HEADER,
     OUTCOME_STATUS_HEADER,
     PARKED_AT_HEADER,
     REASON_HEADER,
@@ -188,15 +189,21 @@ async def drop(settings: Settings, message_ids: set[str]) -> list[str]:
 
 
 async def replay(
-    settings: Settings, message_ids: set[str], *, token: str | None, reopen: bool
+    settings: Settings,
+    message_ids: set[str],
+    *,
+    token: str | None,
+    reopen: bool,
+    id_token: str | None = None,
 ) -> list[str]:
     """Send chosen parked messages back to the work queue, keeping their x-ers-* history
     (their first x-ers-parked-at included).
 
-    Parked messages carry no token: give one (``token``), or the requester is asked to
-    re-authenticate and re-send. ``reopen`` makes a finished saga resumable again, for when a
-    person has fixed what parked it (for NEEDS_RECONCILIATION: checked that the pending call
-    did not take effect).
+    Parked messages carry no token: give an access token (``token``, x-ers-access-token) or a
+    CIS2 ID token (``id_token``, x-ers-id-token, for ERS_TOKEN_PROVIDER=message-id-token), or
+    the requester is asked to re-authenticate and re-send. ``reopen`` makes a finished saga
+    resumable again, for when a person has fixed what parked it (for NEEDS_RECONCILIATION:
+    checked that the pending call did not take effect).
     """
     names = Names(settings.topology_prefix)
     store = await operator_store(settings, read_only=False) if reopen else None
@@ -222,6 +229,8 @@ async def replay(
                 headers[REPLAYED_AT_HEADER] = datetime.now(UTC).isoformat()
                 if token:
                     headers[TOKEN_HEADER] = token
+                if id_token:
+                    headers[ID_TOKEN_HEADER] = id_token
                 await exchange.publish(
                     copy_message(message, headers), routing_key=REQUEST_ROUTING_KEY
                 )

@@ -13,6 +13,15 @@ is its own:
 
 At exit the demo removes the topology, unless another process has started consuming from it
 meanwhile (then it stays, and the demo says so).
+
+Tokens: by default the demo shows the real flow (ERS_TOKEN_PROVIDER=message-id-token). It
+makes an ephemeral RSA key, in memory only (never written to disk, gone with the process),
+registers its JWKS as an application with the sandbox's API platform, has the sandbox's CIS2
+issuer sign an ID token per sample for the sample's acting user, and publishes each request
+with its ID token in x-ers-id-token; the worker exchanges each at the sandbox's /oauth2/token,
+and e-RS calls then need the access tokens it issued. ``--static-token`` is the quick path:
+ERS_TOKEN_PROVIDER=static, one made-up access token for every request, no exchange. The demo
+prints how many tokens were exchanged, never a token.
 """
 
 from __future__ import annotations
@@ -24,10 +33,15 @@ import uuid
 from pathlib import Path
 
 import aio_pika
+import httpx
 import orjson
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydantic import SecretStr
 from yarl import URL
 
 from sandbox.testing import running_sandbox
+from worker.ers.keys import MIN_KEY_BITS, SigningKey, SigningKeys
 from worker.messaging.consumer import Worker
 from worker.messaging.publish import confirmed_channel, publish_request
 from worker.messaging.topology import Names, remove
@@ -38,7 +52,14 @@ from worker.ops.settings import Settings
 from worker.saga.priority import MOST_URGENT_FIRST
 
 DEMO_PREFIX = "ers-demo"
-DEMO_TOKEN = "demo-user-token"
+DEMO_TOKEN = "demo-user-token"  # --static-token: what ERS_STATIC_TOKEN is for the demo
+DEMO_API_KEY = "ers-demo-application"
+# The samples' acting user (their "user" field), for a request file that names none.
+DEMO_USER: dict[str, object] = {
+    "sds_user_id": "021600556514",
+    "roles": [{"org_code": "R69", "business_function": "REFERRING_CLINICIAN"}],
+}
+ID_TOKEN_LIFETIME_SECONDS = 3600
 COLUMNS = ("request id", "status", "path", "UBRN", "state", "letter")
 WIDTHS = (30, 23, 15, 12, 20, 0)
 
@@ -150,7 +171,9 @@ async def _check_topology_is_ours(url: str, prefix: str, chosen: bool, queues: l
         )
 
 
-async def run_demo(settings: Settings, sample_paths: list[str], timeout: float) -> int:
+async def run_demo(
+    settings: Settings, sample_paths: list[str], timeout: float, *, static_token: bool = False
+) -> int:
     url = settings.amqp_url.get_secret_value()
     if not await _broker_reachable(url):
         print(
@@ -170,25 +193,108 @@ async def run_demo(settings: Settings, sample_paths: list[str], timeout: float) 
 
     with running_sandbox() as sandbox:
         print(f"e-RS sandbox at {sandbox.base_url}; topology {prefix}")
-        demo_settings = settings.model_copy(
-            update={"ers_base_url": sandbox.base_url, "topology_prefix": prefix}
-        )
-        async with request_handler(demo_settings) as handler:
-            worker = Worker(demo_settings, handler)
-            await worker.start()
-            try:
-                rows = await _publish_and_collect(
-                    url, names, samples, timeout, settings.letters_dir
-                )
-            finally:
-                await worker.stop(grace_seconds=10)
-                await _remove_unless_used(url, names, queues, demo_settings.retry_delays)
+        admin = httpx.AsyncClient(base_url=f"{sandbox.root_url}/_sandbox", timeout=10)
+        async with admin:
+            if static_token:
+                tokens = _static_token()
+                id_tokens: list[str | None] = [None for _ in samples]
+            else:
+                tokens = await _registered_application(admin)
+                id_tokens = [await _id_token(admin, body) for _, body in samples]
+            demo_settings = settings.model_copy(
+                update={"ers_base_url": sandbox.base_url, "topology_prefix": prefix, **tokens}
+            )
+            async with request_handler(demo_settings) as handler:
+                worker = Worker(demo_settings, handler)
+                await worker.start()
+                try:
+                    rows = await _publish_and_collect(
+                        url, names, samples, id_tokens, timeout, settings.letters_dir
+                    )
+                finally:
+                    await worker.stop(grace_seconds=10)
+                    await _remove_unless_used(url, names, queues, demo_settings.retry_delays)
+            print(
+                "tokens: one static access token for every request (ERS_TOKEN_PROVIDER=static)"
+                if static_token
+                else await _exchanged(admin, sandbox.root_url)
+            )
     missing = [sample for (sample, _), row in zip(samples, rows, strict=True) if not row]
     if missing:
         print(f"no outcome within {timeout:.0f}s for: {', '.join(missing)}", file=sys.stderr)
         return 1
     print(f"{len(rows)} requests, {len(rows)} terminal outcomes")
     return 0
+
+
+def _static_token() -> dict[str, object]:
+    """The settings of the quick path (--static-token)."""
+    return {"ers_token_provider": "static", "ers_static_token": SecretStr(DEMO_TOKEN)}
+
+
+async def _registered_application(admin: httpx.AsyncClient) -> dict[str, object]:
+    """An ephemeral key, its JWKS registered with the sandbox's API platform as an
+    application's, and the settings that make the worker exchange ID tokens with it."""
+    # In memory only, and 2048 bits (the least the worker takes) to keep `make run` quick:
+    # a real application's key is 4096 bits, in a Secret (docs/security.md).
+    key = rsa.generate_private_key(public_exponent=65537, key_size=MIN_KEY_BITS)
+    kid = f"ers-demo-{uuid.uuid4().hex[:8]}"
+    jwks = SigningKeys({kid: SigningKey(kid, key)}, kid).jwks()
+    answer = await admin.post("/oauth/applications", json={"api_key": DEMO_API_KEY, "jwks": jwks})
+    answer.raise_for_status()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    return {
+        "ers_token_provider": "message-id-token",
+        "apim_api_key": DEMO_API_KEY,
+        "apim_key_id": kid,
+        "apim_private_key": SecretStr(pem.decode()),
+        "apim_private_key_dir": None,  # the demo's key only, whatever the environment says
+        "apim_token_url": "",  # the sandbox's /oauth2/token, next to its e-RS base URL
+    }
+
+
+def _acting_user(body: bytes) -> dict[str, object]:
+    """The CIS2 user a request acts as (its ``user``), as the sandbox's issuer takes it."""
+    try:
+        user = orjson.loads(body).get("user")
+    except (orjson.JSONDecodeError, AttributeError):
+        user = None
+    if not isinstance(user, dict) or not all(
+        isinstance(user.get(k), str) for k in ("sds_user_id", "ods_code", "business_function")
+    ):
+        return DEMO_USER
+    role = {"org_code": user["ods_code"], "business_function": user["business_function"]}
+    return {"sds_user_id": user["sds_user_id"], "roles": [role]}
+
+
+async def _id_token(admin: httpx.AsyncClient, body: bytes) -> str:
+    """A CIS2 ID token from the sandbox's issuer for the request's acting user, as the
+    clinical system holds one after the clinician signs in."""
+    answer = await admin.post(
+        "/cis2/id-token",
+        json={**_acting_user(body), "lifetime_seconds": ID_TOKEN_LIFETIME_SECONDS},
+    )
+    answer.raise_for_status()
+    token: str = answer.json()["id_token"]
+    return token
+
+
+async def _exchanged(admin: httpx.AsyncClient, root_url: str) -> str:
+    """One line on the exchanges the sandbox's API platform answered (never a token)."""
+    answer = await admin.get("/oauth/exchanges")
+    answer.raise_for_status()
+    exchanges = answer.json()["exchanges"]
+    done = sum(1 for e in exchanges if e["status"] == 200)
+    refused = len(exchanges) - done
+    return (
+        f"tokens: {done} CIS2 ID tokens exchanged for access tokens at {root_url}/oauth2/token"
+        + (f", {refused} refused" if refused else "")
+        + " (ERS_TOKEN_PROVIDER=message-id-token)"
+    )
 
 
 async def _remove_unless_used(
@@ -207,7 +313,12 @@ async def _remove_unless_used(
 
 
 async def _publish_and_collect(
-    url: str, names: Names, samples: list[tuple[str, bytes]], timeout: float, letters_dir: Path
+    url: str,
+    names: Names,
+    samples: list[tuple[str, bytes]],
+    id_tokens: list[str | None],
+    timeout: float,
+    letters_dir: Path,
 ) -> list[tuple[str, ...]]:
     run_id = uuid.uuid4().hex[:8]
     connection = await aio_pika.connect(url)
@@ -222,7 +333,7 @@ async def _publish_and_collect(
                 _unique(body, run_id),
                 reply_to=replies.name,
                 correlation_id=f"demo-{run_id}-{index}",
-                token=DEMO_TOKEN,
+                id_token=id_tokens[index],
             )
             by_correlation[correlation_id] = index
         print(f"published {len(samples)} sample requests; outcomes as they arrive:\n")

@@ -2,7 +2,8 @@
 
 A script reads the code; a person reads the one line on stderr, which says what is wrong and
 what to do. :func:`explain` turns the failures an operator can fix (a broker that is down, a
-refused login, a prefix with no topology, PostgreSQL unreachable or refusing) into an
+refused login, a prefix with no topology, PostgreSQL unreachable or refusing, a signing key
+that is missing or unusable) into an
 :class:`OperatorError`; anything it does not know is a bug and keeps its traceback.
 """
 
@@ -15,6 +16,7 @@ import asyncpg
 from pydantic import ValidationError
 from yarl import URL
 
+from worker.ers.keys import KeyProblem
 from worker.ops.failure import OperatorError
 from worker.ops.settings import Settings
 
@@ -33,8 +35,8 @@ exit codes (the same for every subcommand):
   1    some did not: an outcome REJECTED/FAILED/..., no outcome within --timeout,
        an invalid message, no saga or parked message with that id
   2    usage or environment error (one line on stderr says what to do): bad arguments or
-       settings, an unreadable file, RabbitMQ or PostgreSQL unreachable or refusing the
-       login, no topology under TOPOLOGY_PREFIX
+       settings, an unreadable file or key, RabbitMQ or PostgreSQL unreachable or refusing
+       the login, no topology under TOPOLOGY_PREFIX
   3    run: stopped because it could not consume again after a reconnect
   130  interrupted (Ctrl-C)"""
 
@@ -133,6 +135,8 @@ def explain(exc: BaseException, settings: Settings | None) -> OperatorError | No
         return exc
     if isinstance(exc, ValidationError) and exc.title == Settings.__name__:
         return _settings_error(exc)
+    if isinstance(exc, KeyProblem):  # it names the setting or file, never the key
+        return OperatorError(f"{exc}; fix it and run again (docs/security.md: Keys and rotation).")
     if settings is None:
         return None
     return _amqp(exc, settings) or _postgres(exc, settings)

@@ -1,12 +1,14 @@
-"""Operator tools behind the ``ers-worker`` CLI: validate, submit, status.
+"""Operator tools behind the ``ers-worker`` CLI: validate, submit, status, and the tokens
+``submit`` and ``dead-letters replay`` send.
 
-What they show never includes an access token (parked messages have none) or attachment
-bytes; NHS numbers are masked to their last four digits.
+What they show never includes an access or ID token (parked messages have none) or
+attachment bytes; NHS numbers are masked to their last four digits.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 import time
 import uuid
@@ -22,13 +24,18 @@ from aio_pika.abc import AbstractQueue
 from tqdm import tqdm
 
 from schemas.events import FieldError
+from worker.messaging.id_tokens import id_token_expiry
 from worker.messaging.intake import Rejection, parse_request
 from worker.messaging.publish import confirmed_channel, publish_request
 from worker.messaging.topology import Names
 from worker.ops.app import operator_store
 from worker.ops.failure import OperatorError
 from worker.ops.settings import Settings
+from worker.saga.ports import TokenUnusable
 from worker.saga.store import StoredSaga
+
+ACCESS_TOKEN_ENV = "ERS_ACCESS_TOKEN"
+ID_TOKEN_ENV = "ERS_ID_TOKEN"
 
 
 def mask_nhs_number(value: object) -> str:
@@ -51,6 +58,45 @@ def redacted_body(body: bytes) -> Any:
         if isinstance(attachment, dict) and isinstance(attachment.get("content"), str):
             attachment["content"] = f"<{len(attachment['content'])} characters of base64>"
     return data
+
+
+# --- the tokens submit and replay send ---
+
+
+def id_token_from(path: Path | None, *, now: datetime | None = None) -> str | None:
+    """The CIS2 ID token to send in x-ers-id-token: the content of ``path``
+    (``--id-token-file``), else ``ERS_ID_TOKEN``, else None. Never a command-line value,
+    which ``ps`` would show. One that cannot serve (unreadable, empty, no JWT, expired) is
+    an ``OperatorError`` naming where it came from, never its value: nothing is sent."""
+    if path is not None:
+        where = f"--id-token-file {path}"
+        try:
+            raw = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise OperatorError(
+                f"cannot read {where} ({why or type(exc).__name__}): nothing was sent."
+            ) from None
+    else:
+        where = ID_TOKEN_ENV
+        raw = os.environ.get(ID_TOKEN_ENV, "")
+        if not raw.strip():
+            return None
+    token = raw.strip()
+    if not token:
+        raise OperatorError(f"{where} is empty: it must hold the clinician's CIS2 ID token.")
+    try:
+        expires_at = id_token_expiry(token)
+    except TokenUnusable:
+        raise OperatorError(
+            f"{where} holds no CIS2 ID token (a JWT, header.payload.signature): nothing was sent."
+        ) from None
+    if expires_at is not None and (now or datetime.now(UTC)) >= expires_at:
+        raise OperatorError(
+            f"the CIS2 ID token in {where} expired at {expires_at.isoformat(timespec='seconds')}: "
+            "get a fresh one from the clinician's sign-in; nothing was sent."
+        )
+    return token
 
 
 # --- validate and submit ---
@@ -107,7 +153,13 @@ def _bar(total: int, desc: str) -> tqdm[Any]:
 
 
 async def submit(
-    settings: Settings, requests: list[Checked], *, token: str | None, wait: bool, timeout: float
+    settings: Settings,
+    requests: list[Checked],
+    *,
+    token: str | None,
+    wait: bool,
+    timeout: float,
+    id_token: str | None = None,
 ) -> list[dict[str, Any]]:
     """Publish checked requests (each confirmed by the broker); with ``wait``, add their
     outcomes (None where none came within ``timeout``). The progress bar covers both."""
@@ -126,6 +178,7 @@ async def submit(
                     reply_to=replies.name,
                     correlation_id=f"submit-{uuid.uuid4().hex}",
                     token=token or None,
+                    id_token=id_token,
                 )
                 sent[correlation_id] = request
                 bar.update()
