@@ -69,6 +69,11 @@ async def test_dbs_booked_with_letter_attached(harness: Harness) -> None:
     cid, outcome = await run_one(harness, request)
 
     assert_one_outcome_each_way(harness, cid, letters=1)
+    # The letter-ready event comes before its outcome, on the reply queue and the topic alike
+    # (their confirms are awaited together, so this is the channel's order at work).
+    for received in (harness.replies, harness.topic):
+        kinds = [r.body["event_type"] for r in received if r.correlation_id == cid]
+        assert kinds == ["referral.letter_ready", "referral.outcome"]
     assert outcome["status"] == "COMPLETED", outcome["error"]
     assert outcome["path"] == "DBS_BOOKED"
     assert outcome["referral_state"] == "BOOKED"
