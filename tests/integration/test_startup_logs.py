@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import orjson
+import pytest
 
 
 def free_port() -> int:
@@ -83,3 +84,26 @@ async def test_library_lines_are_interpolated_without_the_broker_password(
     assert library["msg"] != "error when creating transport: %r"
     assert "%r" not in str(library["msg"]) and "%s" not in str(library["msg"])
     assert str(library["msg"]).startswith("error when creating transport: ")
+
+
+@pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("asyncio", "asyncio")])
+async def test_the_start_line_names_the_event_loop(
+    tmp_path: Path, setting: str | None, loop: str
+) -> None:
+    extra = {"AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/", "LOG_LEVEL": "INFO"}
+    if setting is not None:
+        extra["EVENT_LOOP"] = setting
+    process = await run_worker(env(tmp_path, **extra))
+    assert process.stderr is not None
+    try:
+        async with asyncio.timeout(30):
+            while True:
+                raw = await process.stderr.readline()
+                assert raw, "the worker exited before its start line"
+                line = orjson.loads(raw)
+                if line["msg"] == "starting":
+                    break
+    finally:
+        process.terminate()
+        await process.wait()
+    assert line["event_loop"] == loop

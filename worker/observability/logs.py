@@ -53,6 +53,7 @@ FIELDS = frozenset(
         "http_status",
         "attempt",
         "port",
+        "event_loop",
     }
 )
 _request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)

@@ -35,6 +35,7 @@ from worker.messaging.consumer import Worker
 from worker.messaging.topology import Names, definitions
 from worker.observability.logs import failure_fields
 from worker.ops import exits, tools
+from worker.ops import loop as event_loop
 from worker.ops.app import configure_logging, published_jwks, request_handler
 from worker.ops.failure import OperatorError
 from worker.ops.settings import Settings, env_example, load_settings
@@ -53,6 +54,9 @@ the user's token, from the environment or a file (never an argument, which ps sh
 async def serve(settings: Settings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Which loop runs, as the process saw it (EVENT_LOOP): the first fact to check in a
+    # report that only one deployment shows.
+    log.info("starting", extra={"event_loop": type(loop).__module__.split(".")[0]})
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with request_handler(settings) as handler:
@@ -89,7 +93,7 @@ def _run() -> int:
     try:
         settings = load_settings()
         configure_logging(settings.log_level)
-        return asyncio.run(serve(settings))
+        return event_loop.run(serve(settings), settings.event_loop)
     except Exception as exc:
         # The same one-line explanation the other subcommands print, as a JSON log line.
         known = exc if isinstance(exc, OperatorError) else exits.explain(exc, settings)
@@ -299,8 +303,9 @@ def _dispatch(args: argparse.Namespace, context: _Context) -> int:
         # The demo's output is its table; logs only when asked for with LOG_LEVEL.
         configure_logging(os.environ.get("LOG_LEVEL", "ERROR"))
         _quiet_broker_client()
-        return asyncio.run(
-            run_demo(settings, args.samples, args.timeout, static_token=args.static_token)
+        return event_loop.run(
+            run_demo(settings, args.samples, args.timeout, static_token=args.static_token),
+            settings.event_loop,
         )
     configure_logging(os.environ.get("LOG_LEVEL", "WARNING"))
     _quiet_broker_client()

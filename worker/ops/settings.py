@@ -375,6 +375,12 @@ class Settings(BaseSettings):
         validation_alias=_env("METRICS_HOST"),
         description="Address the metrics and health endpoint listens on.",
     )
+    event_loop: Literal["uvloop", "asyncio"] = Field(
+        "uvloop",
+        validation_alias=_env("EVENT_LOOP"),
+        description="The event loop: uvloop (libuv's, less CPU per referral) or asyncio "
+        "(Python's own, if uvloop is ever suspected).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = Field(
         "INFO",
         validation_alias=_env("LOG_LEVEL"),

@@ -64,6 +64,7 @@ ENUMERATED = {
     "ERS_TRIAGE_ROUTE": ("A021", "A011_A016"),
     "ERS_TOKEN_PROVIDER": ("message-access-token", "message-id-token", "static", "message"),
     "SAGA_STORE": ("sqlite", "postgres"),
+    "EVENT_LOOP": ("uvloop", "asyncio"),
     "BANK_HOLIDAY_REGION": ("england-and-wales", "scotland", "northern-ireland", "none"),
 }
 
