@@ -1,19 +1,23 @@
 """Issue 10's benchmarks in one go, against one sandbox process started once.
 
     python -m bench.suite [--only cpu|latency|budget ...] [--rounds 3] [--requests 200]
-                          [--budget-requests 500]
+                          [--budget-requests 500] [--against stub|sandbox]
+                          [--loop uvloop|asyncio]
 
 cpu      the bare aio-pika -> aiohttp pipeline (bench/bare.py) and the worker, in alternating
          rounds: median CPU ms per message of each and the ratio worker / bare.
-latency  the sandbox answers every e-RS call after --latency seconds (100 ms); the worker at
-         each --latency-concurrency (50, 200): throughput against the ideal
-         concurrency / (mean e-RS calls per referral x latency), counted in the sandbox log.
+latency  every e-RS call answered after --latency seconds (100 ms); the worker at each
+         --latency-concurrency (50, 200): throughput against the ideal
+         concurrency / (mean e-RS calls per referral x latency), counted in the stub's log.
 budget   3 replicas sharing e-RS' 10/s through Redis on a backlog of --budget-requests (500),
-         ~10 % 2WW, one SIGKILLed on the way (bench/budget.py).
+         ~10 % 2WW, one SIGKILLed on the way (bench/budget.py), against the sandbox itself
+         (its strict limiter is what the section measures against).
 
-Figures come from bench.throughput's `drive` (process CPU, so the requester's small cost is in
-every figure alike). Between runs the sandbox is reset (`POST /_sandbox/reset`), so each starts
-from the seed with an empty request log and no faults.
+cpu and latency run against the canned stub (bench/stub.py: the sandbox's own answers,
+recorded through it at start, replayed), so that the stub's CPU does not bound them;
+`--against sandbox` runs them against the sandbox. Figures come from bench.throughput's
+`drive` (process CPU, so the requester's small cost is in every figure alike). Between runs
+the stub's log (or the sandbox, `POST /_sandbox/reset`) is reset.
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from bench.throughput import (
 from sandbox.faults import ENDPOINT_IDS
 from worker.messaging.consumer import Worker
 from worker.messaging.topology import Names, remove
+from worker.ops import loop as event_loop
 from worker.ops.app import request_handler
 
 # A fault answers `times` calls and then leaves the queue: this many outlasts any run.
@@ -313,7 +318,10 @@ async def run_suite(args: argparse.Namespace, amqp_url: str) -> None:
         stub, stub_root = await start_stub(root, amqp_url)
         processes.append(stub)
         suite = Suite(root, stub_root, amqp_url, args)
-        print(f"(cpu and latency against the {args.against}; budget against the sandbox)")
+        print(
+            f"(on {args.loop}; cpu and latency against the {args.against}, budget against "
+            "the sandbox)"
+        )
         for name in args.only or list(SECTIONS):
             await SECTIONS[name](suite)
     finally:
@@ -333,6 +341,12 @@ def main() -> int:
         default="stub",
         help="what answers the cpu and latency runs: the canned stub (bench/stub.py, the "
         "sandbox's recorded answers) or the sandbox itself",
+    )
+    parser.add_argument(
+        "--loop",
+        choices=("uvloop", "asyncio"),
+        default="uvloop",
+        help="the event loop of this process (the worker's EVENT_LOOP default is uvloop)",
     )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--requests", type=int, default=200, help="per cpu run")
@@ -367,7 +381,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     amqp_url = os.environ.get("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
-    asyncio.run(run_suite(args, amqp_url))
+    # Bare pipeline and worker alike run on this loop: the ratio compares like with like.
+    event_loop.run(run_suite(args, amqp_url), args.loop)
     return 0
 
 
