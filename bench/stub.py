@@ -48,6 +48,15 @@ _KEPT_HEADERS = ("Content-Type", "ETag", "Location", "Content-Disposition")
 CREATES = ("$ers.createReferral", "$ers.createReferralAndSendForTriage")
 
 
+def _first(pattern: bytes, body: bytes) -> bytes:
+    """The first group of ``pattern`` in ``body``: a recorded answer without it cannot be
+    replayed with another referral's ids, so the recording fails loudly."""
+    found = re.search(pattern, body)
+    if found is None:
+        raise ValueError(f"no {pattern!r} in a recorded answer")
+    return found.group(1)
+
+
 def endpoint_key(method: str, path: str) -> str:
     return f"{method} {_UBRN_IN_PATH.sub('/ReferralRequest/*/', path)}"
 
@@ -103,13 +112,13 @@ class Stub:
         self.answers[endpoint_key(method, path)] = answer
         seen = self.recorded
         if path.endswith(CREATES):
-            seen.ubrn = re.search(rb'"id":"(\d{12})"', answer.body).group(1)  # type: ignore[union-attr]
+            seen.ubrn = _first(rb'"id":"(\d{12})"', answer.body)
             if found := _NHS_IN_BODY.search(body):
                 seen.nhs_number = found.group(1)
         elif path.endswith("/Binary"):
             seen.binary = answer.headers.get("Location", "").removeprefix("Binary/").encode()
         elif path.endswith("/Appointment"):
-            seen.appointment = re.search(rb'"id":"([^"]+)"', answer.body).group(1)  # type: ignore[union-attr]
+            seen.appointment = _first(rb'"id":"([^"]+)"', answer.body)
 
     async def replay(self, request: web.Request, body: bytes) -> web.Response:
         if self.latency:
