@@ -18,6 +18,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from tests.integration.test_cli_exits import one_line, run
 from tests.platform import key_dir, pem, private_key
+from worker.ops.settings import DEFAULT_PATIENT_KEY_SECRET, ENV_FILE_ENV
 
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 
@@ -95,6 +96,54 @@ async def test_jwks_needs_no_signing_kid_for_a_key_directory(tmp_path: Path) -> 
     code, out, err = await run("jwks", env=env(APIM_PRIVATE_KEY_DIR=str(directory)))
     assert (code, err) == (0, "")
     assert [k["kid"] for k in orjson.loads(out)["keys"]] == ["first-1"]
+
+
+def production(**apim: str) -> dict[str, str]:
+    """``env(**apim)`` for production, with the shipped PATIENT_KEY_SECRET (none set)."""
+    shipped = {
+        k: v for k, v in env(**apim).items() if k not in ("PATIENT_KEY_SECRET", ENV_FILE_ENV)
+    }
+    return {**shipped, "ERS_ENVIRONMENT": "production"}
+
+
+async def test_jwks_needs_no_patient_key_secret_as_it_touches_no_patient_data(
+    tmp_path: Path,
+) -> None:
+    # The operator registering the application may not have the worker's secret yet.
+    key = private_key("first")
+    directory = key_dir(tmp_path, "first-1", key)
+
+    code, out, err = await run("jwks", env=production(APIM_PRIVATE_KEY_DIR=str(directory)))
+
+    assert (code, err) == (0, "")
+    (jwk,) = orjson.loads(out)["keys"]
+    assert jwk["kid"] == "first-1"
+    assert_round_trip(jwk, key, private_key("other"))
+
+
+async def test_run_still_refuses_the_default_patient_key_secret(tmp_path: Path) -> None:
+    # The same environment the jwks was printed in: the worker keys patients, and will not
+    # with a secret anyone can read in the repository.
+    directory = key_dir(tmp_path, "first-1", private_key("first"))
+    code, out, err = await run(
+        "run",
+        env=production(
+            ERS_TOKEN_PROVIDER="message-id-token",
+            APIM_API_KEY="app",
+            APIM_KEY_ID="first-1",
+            APIM_PRIVATE_KEY_DIR=str(directory),
+            SAGA_STORE_PATH=str(tmp_path / "sagas.db"),
+            METRICS_PORT="0",
+            AMQP_URL="amqp://guest:guest@127.0.0.1:9/",
+        ),
+    )
+
+    assert (code, out) == (2, "")
+    record = orjson.loads(one_line(err))
+    assert record["msg"] == "exiting on an error"
+    assert record["why"].startswith("PATIENT_KEY_SECRET is the shipped default")
+    assert DEFAULT_PATIENT_KEY_SECRET not in err
+    assert not (tmp_path / "sagas.db").exists()  # refused before it opened anything
 
 
 def ec_pem() -> bytes:
