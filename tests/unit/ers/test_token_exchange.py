@@ -128,6 +128,21 @@ def test_keys_load_from_a_directory_by_kid_and_all_are_published(tmp_path) -> No
     assert all(k["kty"] == "RSA" and k["alg"] == "RS512" and "d" not in k for k in jwks["keys"])
 
 
+def test_a_published_key_holds_the_members_of_the_platforms_example_jwks_only() -> None:
+    keys = load_keys(directory=None, pem=SecretStr(_pem(KEY).decode()), kid="env-1")
+    (jwk,) = keys.jwks()["keys"]
+    public = KEY.public_key().public_numbers()
+
+    assert list(jwk) == ["kty", "n", "e", "alg", "kid", "use"]  # no key_ops beside use
+    assert {k: jwk[k] for k in ("kty", "alg", "kid", "use")} == {
+        "kty": "RSA",
+        "alg": "RS512",
+        "kid": "env-1",
+        "use": "sig",
+    }
+    assert jwt.PyJWK(jwk).key.public_numbers() == public  # n and e are the key's own
+
+
 def test_a_key_from_the_environment_signs_under_its_kid() -> None:
     keys = load_keys(directory=None, pem=SecretStr(_pem(KEY).decode()), kid="env-1")
     assert keys.current.kid == "env-1" and keys.jwks()["keys"][0]["kid"] == "env-1"
