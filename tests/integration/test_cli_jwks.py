@@ -98,6 +98,20 @@ async def test_jwks_needs_no_signing_kid_for_a_key_directory(tmp_path: Path) -> 
     assert [k["kid"] for k in orjson.loads(out)["keys"]] == ["first-1"]
 
 
+def id_token_worker(tmp_path: Path, kid: str, keys: str) -> dict[str, str]:
+    """`run`'s settings in message-id-token mode, signing with ``kid`` from the directory
+    ``keys``; no broker on port 9 (start-up stops before it would connect)."""
+    return {
+        "ERS_TOKEN_PROVIDER": "message-id-token",
+        "APIM_API_KEY": "app",
+        "APIM_KEY_ID": kid,
+        "APIM_PRIVATE_KEY_DIR": keys,
+        "SAGA_STORE_PATH": str(tmp_path / "sagas.db"),
+        "METRICS_PORT": "0",
+        "AMQP_URL": "amqp://guest:guest@127.0.0.1:9/",
+    }
+
+
 def production(**apim: str) -> dict[str, str]:
     """``env(**apim)`` for production, with the shipped PATIENT_KEY_SECRET (none set)."""
     shipped = {
@@ -126,16 +140,7 @@ async def test_run_still_refuses_the_default_patient_key_secret(tmp_path: Path) 
     # with a secret anyone can read in the repository.
     directory = key_dir(tmp_path, "first-1", private_key("first"))
     code, out, err = await run(
-        "run",
-        env=production(
-            ERS_TOKEN_PROVIDER="message-id-token",
-            APIM_API_KEY="app",
-            APIM_KEY_ID="first-1",
-            APIM_PRIVATE_KEY_DIR=str(directory),
-            SAGA_STORE_PATH=str(tmp_path / "sagas.db"),
-            METRICS_PORT="0",
-            AMQP_URL="amqp://guest:guest@127.0.0.1:9/",
-        ),
+        "run", env=production(**id_token_worker(tmp_path, "first-1", str(directory)))
     )
 
     assert (code, out) == (2, "")
@@ -218,18 +223,8 @@ async def test_jwks_help_says_what_it_reads_and_that_nothing_private_is_printed(
 async def test_run_with_no_usable_key_says_so_in_one_log_line_and_exits_2(tmp_path: Path) -> None:
     # The worker itself fails to start on the same problem, with the same line (no broker
     # is needed to get there: the keys are loaded before it connects).
-    code, out, err = await run(
-        "run",
-        env=env(
-            ERS_TOKEN_PROVIDER="message-id-token",
-            APIM_API_KEY="app",
-            APIM_KEY_ID="k-1",
-            APIM_PRIVATE_KEY_DIR=keys_of(tmp_path, {"k-1.pem": ec_pem()}),
-            SAGA_STORE_PATH=str(tmp_path / "sagas.db"),
-            METRICS_PORT="0",
-            AMQP_URL="amqp://guest:guest@127.0.0.1:9/",
-        ),
-    )
+    keys = keys_of(tmp_path, {"k-1.pem": ec_pem()})
+    code, out, err = await run("run", env=env(**id_token_worker(tmp_path, "k-1", keys)))
     assert (code, out) == (2, "")
     record = orjson.loads(one_line(err))
     assert record["msg"] == "exiting on an error" and record["error"] == "KeyProblem"
