@@ -235,9 +235,18 @@ async def test_an_id_token_expiring_after_the_referral_is_made_resumes_with_a_fr
 # --- exchanges the platform refuses, through the broker ---
 
 
-@pytest.mark.parametrize("worker_keys", ["another_key", "an_unknown_kid"], indirect=True)
+# What the platform answers (sandbox/oauth.py): a key its JWKS does not verify is its
+# "public_key error"; a kid its JWKS lacks, invalid_request naming the client assertion.
+@pytest.mark.parametrize(
+    ("worker_keys", "oauth_error", "code"),
+    [
+        ("another_key", "public_key error", "TOKEN_EXCHANGE_PUBLIC_KEY_ERROR"),
+        ("an_unknown_kid", "invalid_request", "TOKEN_EXCHANGE_INVALID_REQUEST"),
+    ],
+    indirect=["worker_keys"],
+)
 async def test_an_assertion_the_platform_cannot_verify_asks_for_reauthentication(
-    harness: Harness, sandbox: SandboxHandle
+    harness: Harness, sandbox: SandboxHandle, oauth_error: str, code: str
 ) -> None:
     subject = await id_token(sandbox.root_url)
 
@@ -248,10 +257,10 @@ async def test_an_assertion_the_platform_cannot_verify_asks_for_reauthentication
 
     assert outcome["status"] == "REAUTHENTICATION_NEEDED"
     error = outcome["error"]
-    assert error["code"] == "TOKEN_EXCHANGE_INVALID_CLIENT"
+    assert error["code"] == code
     assert error["http_status"] == 401
     assert "client assertion" in error["text"]
-    assert await exchanges(sandbox.root_url) == [{"status": 401, "error": "invalid_client"}]  # once
+    assert await exchanges(sandbox.root_url) == [{"status": 401, "error": oauth_error}]  # once
     assert await harness.sandbox.requests() == []  # e-RS never called without a token
     assert subject not in str(outcome)
     assert harness.parked == []
