@@ -90,7 +90,9 @@ def client_assertion(
         "jti": str(uuid.uuid4()),
         "exp": int(now) + lifetime,
     }
-    return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
+    # typ JWT said, not left to the library's default: the platform refuses any other typ.
+    headers = {"kid": key.kid, "typ": "JWT"}
+    return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers=headers)
 
 
 def cache_key(id_token: SecretStr) -> str:

@@ -67,7 +67,7 @@ def test_the_assertion_carries_the_claims_the_platform_checks() -> None:
     header = jwt.get_unverified_header(assertion)
     claims = jwt.decode(assertion, KEY.public_key(), algorithms=["RS512"], audience=URL)
 
-    assert header["alg"] == "RS512" and header["kid"] == "kid-1"
+    assert header == {"alg": "RS512", "kid": "kid-1", "typ": "JWT"}
     assert claims["iss"] == claims["sub"] == API_KEY
     assert claims["aud"] == URL
     assert 0 < claims["exp"] - now <= 300
