@@ -77,14 +77,14 @@ async def registered_application(root_url: str, root: Path) -> AsyncIterator[Pat
         await reset_platform(root_url)
 
 
-def id_token_mode(settings: Settings, keys: Path) -> Settings:
-    """``settings`` for ERS_TOKEN_PROVIDER=message-id-token, signing with the key of
-    ``registered_application``."""
+def id_token_mode(settings: Settings, keys: Path, kid: str = KID) -> Settings:
+    """``settings`` for ERS_TOKEN_PROVIDER=message-id-token, signing with key ``kid`` in
+    ``keys`` (by default the key of ``registered_application``)."""
     return settings.model_copy(
         update={
             "ers_token_provider": "message-id-token",
             "apim_api_key": API_KEY,
-            "apim_key_id": KID,
+            "apim_key_id": kid,
             "apim_private_key_dir": keys,
         }
     )
@@ -116,3 +116,10 @@ async def admin(root_url: str, method: str, path: str, body: Any = None) -> Any:
         answer = await http.request(method, f"{root_url}/_sandbox/{path}", json=body)
         answer.raise_for_status()
         return answer.json()
+
+
+async def exchanges(root_url: str) -> list[dict[str, Any]]:
+    """Every token exchange the platform has answered since its reset, oldest first: its
+    status and OAuth error (None when it issued a token)."""
+    found: list[dict[str, Any]] = (await admin(root_url, "GET", "oauth/exchanges"))["exchanges"]
+    return found

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -14,7 +13,7 @@ import pytest
 from sandbox.testing import SandboxHandle
 from tests.harness import Harness, sample
 from tests.integration.test_cli_exits import one_line, run
-from tests.platform import admin, id_token, id_token_mode, registered_application
+from tests.platform import exchanges, id_token, id_token_mode, registered_application
 from tests.processes import worker_env
 from worker.messaging.headers import ID_TOKEN_HEADER
 from worker.ops.settings import Settings
@@ -38,13 +37,6 @@ def cli_env(settings: Settings, **extra: str) -> dict[str, str]:
         if name not in extra:
             env.pop(name, None)
     return env
-
-
-async def exchanges(sandbox: SandboxHandle) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = (await admin(sandbox.root_url, "GET", "oauth/exchanges"))[
-        "exchanges"
-    ]
-    return found
 
 
 async def test_a_parked_request_replayed_with_an_id_token_completes(
@@ -88,7 +80,7 @@ async def test_a_parked_request_replayed_with_an_id_token_completes(
     assert outcome["status"] == "COMPLETED", outcome["error"]
     assert outcome["path"] == "IBS_SHORTLISTED"
     # The replay's ID token was exchanged (a new one: the first's access token is cached).
-    assert [e["status"] for e in await exchanges(sandbox)] == [200, 200]
+    assert [e["status"] for e in await exchanges(sandbox.root_url)] == [200, 200]
     referrals = [
         r
         for r in await harness.sandbox.referrals()
@@ -120,7 +112,7 @@ async def test_submit_sends_the_id_token_of_the_file_before_the_environments(
 
     assert code == 0, err
     assert "COMPLETED DBS_BOOKED UBRN 0000001" in out
-    assert [e["status"] for e in await exchanges(sandbox)] == [200]
+    assert [e["status"] for e in await exchanges(sandbox.root_url)] == [200]
     assert subject not in out and subject not in err
 
 

@@ -18,6 +18,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from tests.integration.test_cli_exits import one_line, run
 from tests.platform import key_dir, pem, private_key
+from worker.ops.settings import DEFAULT_PATIENT_KEY_SECRET, ENV_FILE_ENV
 
 PRIVATE_MEMBERS = ("d", "p", "q", "dp", "dq", "qi")
 
@@ -63,10 +64,10 @@ async def test_jwks_publishes_every_key_of_the_directory_and_nothing_private(
     jwks = orjson.loads(out)
     assert [k["kid"] for k in jwks["keys"]] == ["new-2", "old-1"]  # both, during a rotation
     for jwk in jwks["keys"]:
-        # Public members and what they are for (PyJWT adds key_ops, consistent with use).
-        assert set(jwk) <= {"kty", "n", "e", "kid", "alg", "use", "key_ops"}
-        assert (jwk["kty"], jwk["alg"], jwk["use"]) == ("RSA", "RS512", "sig")
-        assert jwk.get("key_ops", ["verify"]) == ["verify"]
+        # The members of the API platform's example JWKS, in its order: no key_ops beside
+        # use (RFC 7517 section 4.3), nothing private.
+        assert list(jwk) == ["kty", "n", "e", "alg", "kid", "use"]
+        assert (jwk["kty"], jwk["e"], jwk["alg"], jwk["use"]) == ("RSA", "AQAB", "RS512", "sig")
     by_kid = {k["kid"]: k for k in jwks["keys"]}
     assert_round_trip(by_kid["new-2"], new, old)
     assert_round_trip(by_kid["old-1"], old, new)
@@ -95,6 +96,59 @@ async def test_jwks_needs_no_signing_kid_for_a_key_directory(tmp_path: Path) -> 
     code, out, err = await run("jwks", env=env(APIM_PRIVATE_KEY_DIR=str(directory)))
     assert (code, err) == (0, "")
     assert [k["kid"] for k in orjson.loads(out)["keys"]] == ["first-1"]
+
+
+def id_token_worker(tmp_path: Path, kid: str, keys: str) -> dict[str, str]:
+    """`run`'s settings in message-id-token mode, signing with ``kid`` from the directory
+    ``keys``; no broker on port 9 (start-up stops before it would connect)."""
+    return {
+        "ERS_TOKEN_PROVIDER": "message-id-token",
+        "APIM_API_KEY": "app",
+        "APIM_KEY_ID": kid,
+        "APIM_PRIVATE_KEY_DIR": keys,
+        "SAGA_STORE_PATH": str(tmp_path / "sagas.db"),
+        "METRICS_PORT": "0",
+        "AMQP_URL": "amqp://guest:guest@127.0.0.1:9/",
+    }
+
+
+def production(**apim: str) -> dict[str, str]:
+    """``env(**apim)`` for production, with the shipped PATIENT_KEY_SECRET (none set)."""
+    shipped = {
+        k: v for k, v in env(**apim).items() if k not in ("PATIENT_KEY_SECRET", ENV_FILE_ENV)
+    }
+    return {**shipped, "ERS_ENVIRONMENT": "production"}
+
+
+async def test_jwks_needs_no_patient_key_secret_as_it_touches_no_patient_data(
+    tmp_path: Path,
+) -> None:
+    # The operator registering the application may not have the worker's secret yet.
+    key = private_key("first")
+    directory = key_dir(tmp_path, "first-1", key)
+
+    code, out, err = await run("jwks", env=production(APIM_PRIVATE_KEY_DIR=str(directory)))
+
+    assert (code, err) == (0, "")
+    (jwk,) = orjson.loads(out)["keys"]
+    assert jwk["kid"] == "first-1"
+    assert_round_trip(jwk, key, private_key("other"))
+
+
+async def test_run_still_refuses_the_default_patient_key_secret(tmp_path: Path) -> None:
+    # The same environment the jwks was printed in: the worker keys patients, and will not
+    # with a secret anyone can read in the repository.
+    directory = key_dir(tmp_path, "first-1", private_key("first"))
+    code, out, err = await run(
+        "run", env=production(**id_token_worker(tmp_path, "first-1", str(directory)))
+    )
+
+    assert (code, out) == (2, "")
+    record = orjson.loads(one_line(err))
+    assert record["msg"] == "exiting on an error"
+    assert record["why"].startswith("PATIENT_KEY_SECRET is the shipped default")
+    assert DEFAULT_PATIENT_KEY_SECRET not in err
+    assert not (tmp_path / "sagas.db").exists()  # refused before it opened anything
 
 
 def ec_pem() -> bytes:
@@ -169,18 +223,8 @@ async def test_jwks_help_says_what_it_reads_and_that_nothing_private_is_printed(
 async def test_run_with_no_usable_key_says_so_in_one_log_line_and_exits_2(tmp_path: Path) -> None:
     # The worker itself fails to start on the same problem, with the same line (no broker
     # is needed to get there: the keys are loaded before it connects).
-    code, out, err = await run(
-        "run",
-        env=env(
-            ERS_TOKEN_PROVIDER="message-id-token",
-            APIM_API_KEY="app",
-            APIM_KEY_ID="k-1",
-            APIM_PRIVATE_KEY_DIR=keys_of(tmp_path, {"k-1.pem": ec_pem()}),
-            SAGA_STORE_PATH=str(tmp_path / "sagas.db"),
-            METRICS_PORT="0",
-            AMQP_URL="amqp://guest:guest@127.0.0.1:9/",
-        ),
-    )
+    keys = keys_of(tmp_path, {"k-1.pem": ec_pem()})
+    code, out, err = await run("run", env=env(**id_token_worker(tmp_path, "k-1", keys)))
     assert (code, out) == (2, "")
     record = orjson.loads(one_line(err))
     assert record["msg"] == "exiting on an error" and record["error"] == "KeyProblem"

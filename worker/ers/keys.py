@@ -6,7 +6,8 @@ Rules:
 2. One key signs (``APIM_KEY_ID``); every loaded key is published in the JWKS, so a rotation
    registers the new key before it signs and removes the old one after (docs/security.md).
 3. Errors name the file or the kid, never the key's contents; a JWKS holds public members
-   only (``n``, ``e``), never ``d``, ``p``, ``q``, ``dp``, ``dq`` or ``qi``.
+   only (``kty``, ``n``, ``e``, ``alg``, ``kid``, ``use``: those of the platform's example),
+   never ``d``, ``p``, ``q``, ``dp``, ``dq`` or ``qi``.
 """
 
 from __future__ import annotations
@@ -36,8 +37,20 @@ class SigningKey:
     private: RSAPrivateKey
 
     def public_jwk(self) -> dict[str, Any]:
+        """The members of the API platform's example JWKS, in its order, and no others: PyJWT
+        adds ``key_ops: ["verify"]``, which RFC 7517 section 4.3 says SHOULD NOT stand beside
+        ``use``. The example: the JWKS of Step 2 of
+        https://digital.nhs.uk/developer/guides-and-documentation/security-and-authorisation/application-restricted-restful-apis-signed-jwt-authentication
+        """
         jwk: dict[str, Any] = RSAAlgorithm.to_jwk(self.private.public_key(), as_dict=True)
-        return {**jwk, "kid": self.kid, "alg": ALGORITHM, "use": "sig"}
+        return {
+            "kty": jwk["kty"],
+            "n": jwk["n"],
+            "e": jwk["e"],
+            "alg": ALGORITHM,
+            "kid": self.kid,
+            "use": "sig",
+        }
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,7 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 # leaves room for our clock running ahead of the platform's.
 ASSERTION_LIFETIME_SECONDS = 240
 MAX_ASSERTION_LIFETIME_SECONDS = 300
+PUBLIC_KEY_ERROR = "public_key_error"  # the platform's "public_key error", as a label
 
 
 def token_url_for(ers_base_url: str) -> str:
@@ -89,7 +90,9 @@ def client_assertion(
         "jti": str(uuid.uuid4()),
         "exp": int(now) + lifetime,
     }
-    return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers={"kid": key.kid})
+    # typ JWT said, not left to the library's default: the platform refuses any other typ.
+    headers = {"kid": key.kid, "typ": "JWT"}
+    return jwt.encode(claims, key.private, algorithm=ALGORITHM, headers=headers)
 
 
 def cache_key(id_token: SecretStr) -> str:
@@ -165,7 +168,9 @@ def _refusal(content: bytes) -> tuple[str, str | None]:
     except orjson.JSONDecodeError:
         return "other", None
     error = body.get("error") if isinstance(body, dict) else None
-    label = error if isinstance(error, str) and error in TOKEN_EXCHANGE_RESULTS else "other"
+    # The platform spells one error with a space ("public_key error"): a label has none.
+    error = error.replace(" ", "_") if isinstance(error, str) else None
+    label = error if error is not None and error in TOKEN_EXCHANGE_RESULTS else "other"
     description = body.get("error_description") if isinstance(body, dict) else None
     text = description if isinstance(description, str) else ""
     about = next((f for f in (CLIENT_ASSERTION, SUBJECT_TOKEN) if f in text), None)
@@ -304,8 +309,12 @@ class TokenExchanger:
             raise ErsRateLimited(ENDPOINT, asked)
         if status >= 500:
             raise ErsTransientError(ENDPOINT, status, f"HTTP_{status}")
-        if status in (400, 401):
-            raise ExchangeRefused(status, *_refusal(response.content))
+        if status in (400, 401, 403):
+            error, about = _refusal(response.content)
+            # A 403 is a refusal when the platform says its public_key error (no JWKS for the
+            # application, or one it cannot reach); any other 403 nobody expected.
+            if status != 403 or error == PUBLIC_KEY_ERROR:
+                raise ExchangeRefused(status, error, about)
         raise ErsUnexpected(ENDPOINT, status, f"HTTP_{status}")
 
     def _answer(self, key: str, content: bytes, sent_at: float) -> AccessToken:

@@ -41,7 +41,9 @@ POISONED = "poisoned"  # last delivery of a message that never settled
 
 
 # The token exchange's results (label values): ok, transient faults, and the OAuth errors
-# (RFC 6749 section 5.2) a refusal names; anything else is "other".
+# (RFC 6749 section 5.2) a refusal names, with the API platform's own "public_key error" (a
+# signature its JWKS for the application does not verify, or no JWKS) as public_key_error;
+# anything else is "other".
 TOKEN_EXCHANGE_RESULTS = (
     "ok",
     "rate_limited",
@@ -56,6 +58,7 @@ TOKEN_EXCHANGE_RESULTS = (
     "unauthorized_client",
     "unsupported_grant_type",
     "invalid_scope",
+    "public_key_error",
     "other",
 )
 

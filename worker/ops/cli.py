@@ -51,6 +51,20 @@ the user's token, from the environment or a file (never an argument, which ps sh
   --id-token-file FILE the same, from a file; it wins over {tools.ID_TOKEN_ENV}"""
 
 
+# The commands that touch no patient data (no request, saga or parked message): the shipped
+# PATIENT_KEY_SECRET, which keys patients in the saga store, can expose no one through them,
+# so they run without another (an operator printing the JWKS to register, or the broker's
+# definitions, before the secret exists). `schemas`, `env` and `validate` (which checks
+# request files offline and keys no patient) load no settings at all.
+NO_PATIENT_DATA = frozenset({"jwks", "definitions"})
+
+
+def _settings_for(command: str) -> Settings:
+    """The settings of ``command``: the one place that says which commands need a real
+    PATIENT_KEY_SECRET."""
+    return load_settings(demo=command == "demo", patient_data=command not in NO_PATIENT_DATA)
+
+
 async def serve(settings: Settings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -91,7 +105,7 @@ def _run() -> int:
     configure_logging("INFO")  # until the settings say otherwise: they may be what fails
     settings: Settings | None = None
     try:
-        settings = load_settings()
+        settings = _settings_for("run")
         configure_logging(settings.log_level)
         return event_loop.run(serve(settings), settings.event_loop)
     except Exception as exc:
@@ -284,7 +298,7 @@ def _dispatch(args: argparse.Namespace, context: _Context) -> int:
     if args.command == "run":
         return _run()
     # An invalid setting is an OperatorError: main() prints it as one line, exit code 2.
-    settings = context.settings = load_settings(demo=args.command == "demo")
+    settings = context.settings = _settings_for(args.command)
     if args.command == "jwks":
         # A KeyProblem (no key, unreadable, not RSA...) is one line, exit 2 (exits.explain).
         _print_json(published_jwks(settings))

@@ -434,11 +434,15 @@ def _loopback(host: str) -> bool:
         return False
 
 
-def load_settings(*, demo: bool = False, env_file: Path | None = None) -> Settings:
+def load_settings(
+    *, demo: bool = False, patient_data: bool = True, env_file: Path | None = None
+) -> Settings:
     """The settings of an entry point, or an :class:`OperatorError` naming what is wrong.
 
     Reads the environment, then the env file (WORKER_ENV_FILE, else ./worker.env if there is
-    one). ``demo`` is `ers-worker demo`, which runs against its own sandbox.
+    one). ``demo`` is `ers-worker demo`, which runs against its own sandbox. An entry point
+    that touches no patient data (``patient_data=False``; which ones is the CLI's
+    ``NO_PATIENT_DATA``) may keep the shipped PATIENT_KEY_SECRET: it keys no patient.
     """
     named = env_file or (Path(os.environ[ENV_FILE_ENV]) if os.environ.get(ENV_FILE_ENV) else None)
     if named is not None and not named.is_file():
@@ -454,6 +458,7 @@ def load_settings(*, demo: bool = False, env_file: Path | None = None) -> Settin
     secret = settings.patient_key_secret.get_secret_value()
     if (
         secret == DEFAULT_PATIENT_KEY_SECRET
+        and patient_data
         and not demo
         and settings.ers_environment is not ErsEnvironment.SANDBOX
     ):

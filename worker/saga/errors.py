@@ -119,7 +119,7 @@ class ErsAuthError(ErsError):
 TOKEN_EXCHANGE = "TOKEN_EXCHANGE"  # the API platform's /oauth2/token, as errors name it
 # Which token an OAuth error is about, for the outcome's text, when the platform's answer does
 # not name the part of the request it refused.
-_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client"})
+_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "public_key_error"})
 CLIENT_ASSERTION = "client_assertion"
 SUBJECT_TOKEN = "subject_token"
 

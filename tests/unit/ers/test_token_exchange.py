@@ -67,7 +67,7 @@ def test_the_assertion_carries_the_claims_the_platform_checks() -> None:
     header = jwt.get_unverified_header(assertion)
     claims = jwt.decode(assertion, KEY.public_key(), algorithms=["RS512"], audience=URL)
 
-    assert header["alg"] == "RS512" and header["kid"] == "kid-1"
+    assert header == {"alg": "RS512", "kid": "kid-1", "typ": "JWT"}
     assert claims["iss"] == claims["sub"] == API_KEY
     assert claims["aud"] == URL
     assert 0 < claims["exp"] - now <= 300
@@ -126,6 +126,21 @@ def test_keys_load_from_a_directory_by_kid_and_all_are_published(tmp_path) -> No
     jwks = keys.jwks()
     assert [k["kid"] for k in jwks["keys"]] == ["new-2", "old-1"]
     assert all(k["kty"] == "RSA" and k["alg"] == "RS512" and "d" not in k for k in jwks["keys"])
+
+
+def test_a_published_key_holds_the_members_of_the_platforms_example_jwks_only() -> None:
+    keys = load_keys(directory=None, pem=SecretStr(_pem(KEY).decode()), kid="env-1")
+    (jwk,) = keys.jwks()["keys"]
+    public = KEY.public_key().public_numbers()
+
+    assert list(jwk) == ["kty", "n", "e", "alg", "kid", "use"]  # no key_ops beside use
+    assert {k: jwk[k] for k in ("kty", "alg", "kid", "use")} == {
+        "kty": "RSA",
+        "alg": "RS512",
+        "kid": "env-1",
+        "use": "sig",
+    }
+    assert jwt.PyJWK(jwk).key.public_numbers() == public  # n and e are the key's own
 
 
 def test_a_key_from_the_environment_signs_under_its_kid() -> None:
@@ -379,6 +394,29 @@ ID_TOKEN_NAMED = "the CIS2 ID token was not accepted"
         ),
         (400, "invalid_request", "", "TOKEN_EXCHANGE_INVALID_REQUEST", ID_TOKEN_NAMED),
         (400, "made_up_error", "", "TOKEN_EXCHANGE_OTHER", ID_TOKEN_NAMED),
+        # The platform's answers to an unknown kid and to a key that does not verify.
+        (
+            401,
+            "invalid_request",
+            "Invalid 'kid' header in client_assertion JWT - no matching public key",
+            "TOKEN_EXCHANGE_INVALID_REQUEST",
+            ASSERTION_NAMED,
+        ),
+        (
+            401,
+            "public_key error",
+            "JWT signature verification failed",
+            "TOKEN_EXCHANGE_PUBLIC_KEY_ERROR",
+            ASSERTION_NAMED,
+        ),
+        # ...and to an application with no JWKS registered.
+        (
+            403,
+            "public_key error",
+            "You need to register a public key to use this authentication method",
+            "TOKEN_EXCHANGE_PUBLIC_KEY_ERROR",
+            ASSERTION_NAMED,
+        ),
     ],
 )
 async def test_a_refusal_asks_for_reauthentication_naming_the_token_and_why(
@@ -398,8 +436,20 @@ async def test_a_refusal_asks_for_reauthentication_naming_the_token_and_why(
     assert len(sent) == 1  # a refusal is not retried
     # The platform's free text is never carried: it could echo what it was sent.
     assert ID_TOKEN.get_secret_value() not in f"{exc} {exc.diagnostics}"
-    label = error if error != "made_up_error" else "other"
+    label = {"made_up_error": "other", "public_key error": "public_key_error"}.get(error, error)
     assert metrics.token_exchange_attempts.labels(label)._value.get() == 1
+
+
+@pytest.mark.parametrize(
+    "body", [{"error": "access_denied", "error_description": "no"}, {"fault": "policy"}]
+)
+async def test_a_403_other_than_the_platforms_public_key_error_is_unexpected(
+    body: dict[str, str],
+) -> None:
+    exchanger, sent = _exchanger(lambda _: httpx.Response(403, json=body))
+    with pytest.raises(ErsUnexpected) as raised:
+        await exchanger.access_token(ID_TOKEN)
+    assert (raised.value.status, raised.value.code, len(sent)) == (403, "HTTP_403", 1)
 
 
 @pytest.mark.parametrize(

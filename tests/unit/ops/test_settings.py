@@ -1,5 +1,6 @@
 """deploy/worker.env.example lists every setting, with the default the code has."""
 
+import argparse
 from enum import Enum
 from pathlib import Path
 from typing import Literal, get_origin
@@ -7,6 +8,7 @@ from typing import Literal, get_origin
 import pytest
 from pydantic import ValidationError
 
+from worker.ops import cli
 from worker.ops.failure import OperatorError
 from worker.ops.settings import (
     DEFAULT_PATIENT_KEY_SECRET,
@@ -156,6 +158,70 @@ def test_the_default_patient_key_secret_serves_the_sandbox_and_the_demo(
     monkeypatch.setenv("ERS_ENVIRONMENT", "sandbox")
     secret = load_settings().patient_key_secret.get_secret_value()
     assert secret == DEFAULT_PATIENT_KEY_SECRET
+
+
+def test_the_default_patient_key_secret_serves_an_entry_point_without_patient_data(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("PATIENT_KEY_SECRET")
+    settings = load_settings(patient_data=False)
+    assert settings.ers_environment is ErsEnvironment.PRODUCTION
+    assert settings.patient_key_secret.get_secret_value() == DEFAULT_PATIENT_KEY_SECRET
+
+
+def commands() -> list[str]:
+    (sub,) = (a for a in cli._parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sorted(sub.choices)
+
+
+# They read no settings: nothing to refuse (validate checks request files offline).
+WITHOUT_SETTINGS = {"schemas", "env", "validate"}
+# They touch patient data (requests, sagas, parked messages): a real secret or the sandbox.
+WITH_PATIENT_DATA = ["dead-letters", "run", "status", "submit"]
+
+
+def test_every_command_is_placed_on_one_side_of_the_secret_policy() -> None:
+    # A new command must be placed: in cli.NO_PATIENT_DATA, or here with the others.
+    sides = [WITHOUT_SETTINGS, set(cli.NO_PATIENT_DATA), {"demo"}, set(WITH_PATIENT_DATA)]
+    assert set(commands()) == set().union(*sides)
+    assert sum(map(len, sides)) == len(commands())  # no command on two sides
+    assert {"jwks", "definitions"} == cli.NO_PATIENT_DATA
+
+
+@pytest.mark.parametrize("command", WITH_PATIENT_DATA)
+def test_a_command_that_touches_patient_data_refuses_the_default_secret(
+    monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.delenv("PATIENT_KEY_SECRET")
+    with pytest.raises(OperatorError, match=r"^PATIENT_KEY_SECRET is the shipped default"):
+        cli._settings_for(command)
+
+
+@pytest.mark.parametrize("command", ["jwks", "definitions", "demo"])
+def test_the_jwks_the_definitions_and_the_demo_keep_the_default_secret(
+    monkeypatch: pytest.MonkeyPatch, command: str
+) -> None:
+    monkeypatch.delenv("PATIENT_KEY_SECRET")
+    settings = cli._settings_for(command)
+    assert settings.ers_environment is ErsEnvironment.PRODUCTION
+    assert settings.patient_key_secret.get_secret_value() == DEFAULT_PATIENT_KEY_SECRET
+
+
+SAMPLE = Path(__file__).resolve().parents[3] / "samples" / "01-dbs-booked.json"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["definitions"], ["schemas", "--json"], ["env"], ["validate", str(SAMPLE)]],
+    ids=["definitions", "schemas", "env", "validate"],
+)
+def test_commands_without_patient_data_run_in_production_with_the_default_secret(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    monkeypatch.delenv("PATIENT_KEY_SECRET")
+    assert cli.main(argv) == 0
+    out, err = capsys.readouterr()
+    assert out and err == ""
 
 
 # --- environments and the base URL -------------------------------------------------------------
