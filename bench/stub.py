@@ -158,8 +158,11 @@ class Stub:
         return web.Response(status=answer.status, headers=headers, body=out)
 
 
+STUB = web.AppKey("stub", Stub)
+
+
 async def _ers(request: web.Request) -> web.Response:
-    stub: Stub = request.app["stub"]
+    stub = request.app[STUB]
     body = await request.read()
     correlation_id = request.headers.get("X-Correlation-ID")
     stub.calls.append((correlation_id, time.time()))
@@ -170,7 +173,7 @@ async def _ers(request: web.Request) -> web.Response:
 
 
 async def _admin(request: web.Request) -> web.Response:
-    stub: Stub = request.app["stub"]
+    stub = request.app[STUB]
     action = request.match_info["action"]
     if action == "health":
         return web.json_response({"status": "ok", "replaying": stub.replaying})
@@ -192,7 +195,7 @@ async def _admin(request: web.Request) -> web.Response:
 def create_app(upstream: str) -> web.Application:
     app = web.Application(client_max_size=100 * 1024 * 1024)
     stub = Stub(upstream.rstrip("/"))
-    app["stub"] = stub
+    app[STUB] = stub
 
     async def session(app: web.Application) -> AsyncIterator[None]:
         stub.http = aiohttp.ClientSession()

@@ -27,7 +27,7 @@ async def stub_root(sandbox: SandboxHandle) -> AsyncIterator[tuple[str, stub.Stu
         port = s.getsockname()[1]
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    yield f"http://127.0.0.1:{port}", app["stub"]
+    yield f"http://127.0.0.1:{port}", app[stub.STUB]
     await runner.cleanup()
 
 

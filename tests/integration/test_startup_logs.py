@@ -7,10 +7,14 @@ import asyncio
 import os
 import socket
 import sys
+import uuid
 from pathlib import Path
 
 import orjson
 import pytest
+
+from worker.messaging.topology import Names, remove
+from worker.ops.settings import Settings
 
 
 def free_port() -> int:
@@ -87,10 +91,11 @@ async def test_library_lines_are_interpolated_without_the_broker_password(
 
 
 @pytest.mark.parametrize(("setting", "loop"), [(None, "uvloop"), ("asyncio", "asyncio")])
-async def test_the_start_line_names_the_event_loop(
-    tmp_path: Path, setting: str | None, loop: str
+async def test_the_consuming_line_names_the_event_loop(
+    tmp_path: Path, amqp_url: str, setting: str | None, loop: str
 ) -> None:
-    extra = {"AMQP_URL": f"amqp://guest:guest@127.0.0.1:{free_port()}/", "LOG_LEVEL": "INFO"}
+    names = Names(f"loop-{uuid.uuid4().hex[:8]}")
+    extra = {"AMQP_URL": amqp_url, "TOPOLOGY_PREFIX": names.prefix, "LOG_LEVEL": "INFO"}
     if setting is not None:
         extra["EVENT_LOOP"] = setting
     process = await run_worker(env(tmp_path, **extra))
@@ -99,11 +104,12 @@ async def test_the_start_line_names_the_event_loop(
         async with asyncio.timeout(30):
             while True:
                 raw = await process.stderr.readline()
-                assert raw, "the worker exited before its start line"
+                assert raw, "the worker exited before it consumed"
                 line = orjson.loads(raw)
-                if line["msg"] == "starting":
+                if line["msg"] == "consuming":
                     break
     finally:
         process.terminate()
         await process.wait()
+        await remove(amqp_url, names, delays=Settings().retry_delays)
     assert line["event_loop"] == loop

@@ -145,7 +145,13 @@ class Worker:
         self._connection.reconnect_callbacks.add(self._after_reconnect)
         log.info(
             "consuming",
-            extra={"queues": sorted(self._consumer_tags), "prefetch": self._settings.prefetch},
+            extra={
+                "queues": sorted(self._consumer_tags),
+                "prefetch": self._settings.prefetch,
+                # Which loop runs (EVENT_LOOP), as the process saw it: the first fact to
+                # check in a report that only one deployment shows.
+                "event_loop": type(asyncio.get_running_loop()).__module__.split(".")[0],
+            },
         )
 
     def _queues(self) -> list[tuple[AbstractQueue, OnMessage]]:

@@ -68,9 +68,6 @@ def _settings_for(command: str) -> Settings:
 async def serve(settings: Settings) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    # Which loop runs, as the process saw it (EVENT_LOOP): the first fact to check in a
-    # report that only one deployment shows.
-    log.info("starting", extra={"event_loop": type(loop).__module__.split(".")[0]})
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     async with request_handler(settings) as handler:
