@@ -125,13 +125,20 @@ def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _unverified(token: str, field: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of the JWT in form field ``field``, unverified; the platform
+    refuses one it cannot decode as "Malformed JWT in <field>"."""
+    try:
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise _refused(400, f"Malformed JWT in {field}") from None
+    return header, claims
+
+
 def _check_assertion(platform: Platform, assertion: str, audience: str, now: float) -> None:
     """Rule 2; raises the OAuthError the platform would answer with."""
-    try:
-        header = jwt.get_unverified_header(assertion)
-        claims = jwt.decode(assertion, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        raise _refused(400, "Malformed JWT in client_assertion") from None
+    header, claims = _unverified(assertion, "client_assertion")
     exp, kid, typ = claims.get("exp"), header.get("kid"), header.get("typ")
     iss, sub, jti = claims.get("iss"), claims.get("sub"), claims.get("jti")
     if header.get("alg") != ASSERTION_ALGORITHM:
@@ -205,11 +212,7 @@ IN_SUBJECT_TOKEN = "in subject_token JWT"
 
 def _check_subject_token(platform: Platform, subject: str, now: float) -> Cis2User:
     """Rule 3; the user the ID token names, or raises the OAuthError the platform would."""
-    try:
-        header = jwt.get_unverified_header(subject)
-        claims = jwt.decode(subject, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        raise _refused(400, "Malformed JWT in subject_token") from None
+    header, claims = _unverified(subject, "subject_token")
     kid, typ, exp = header.get("kid"), header.get("typ"), claims.get("exp")
     if not kid:
         raise _refused(400, f"Missing 'kid' header {IN_SUBJECT_TOKEN}")
