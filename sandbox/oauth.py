@@ -14,9 +14,14 @@ Rules:
    (``error``, ``error_description``) with the platform's statuses and texts (see
    ``_check_assertion``): invalid_request, 400 for the assertion's form and 401 for an
    unknown API key, kid or ``aud``; 401 ``public_key error`` for a signature that does not
-   verify. The ID token's refusals are 400 invalid_grant here (the platform's own tests show
-   it answering invalid_request "... in subject_token JWT" instead: not yet mirrored).
-3. Access tokens live ``access_token_lifetime_seconds`` (599 by default, like the platform's).
+   verify.
+3. The ID token (``subject_token``) is checked as the platform does, after the assertion:
+   a JWT with ``kid``, ``typ`` JWT and ``alg`` in its header, an integer ``exp`` not past,
+   ``iss`` and ``aud`` present, ``iss`` the CIS2 issuer's, ``kid`` its key's and the
+   signature that key's. Every refusal is invalid_request, its description naming the
+   subject_token (see ``_check_subject_token``), 400 but for a missing ``aud`` or an
+   unknown ``kid`` (401); never invalid_grant.
+4. Access tokens live ``access_token_lifetime_seconds`` (599 by default, like the platform's).
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import orjson
 from aiohttp import web
 
 from sandbox.access import BUSINESS_FUNCTION_HEADER, ODS_HEADER, Endpoint
-from sandbox.cis2 import Cis2User, IdTokenInvalid, Issuer, RoleProfile
+from sandbox.cis2 import ISSUER as CIS2_ISSUER
+from sandbox.cis2 import Cis2User, Issuer, RoleProfile
 from sandbox.outcomes import ErsError
 
 TOKEN_PATH = "/oauth2/token"
@@ -119,13 +125,20 @@ def _is_number(value: object) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def _unverified(token: str, field: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of the JWT in form field ``field``, unverified; the platform
+    refuses one it cannot decode as "Malformed JWT in <field>"."""
+    try:
+        header = jwt.get_unverified_header(token)
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        raise _refused(400, f"Malformed JWT in {field}") from None
+    return header, claims
+
+
 def _check_assertion(platform: Platform, assertion: str, audience: str, now: float) -> None:
     """Rule 2; raises the OAuthError the platform would answer with."""
-    try:
-        header = jwt.get_unverified_header(assertion)
-        claims = jwt.decode(assertion, options={"verify_signature": False})
-    except jwt.PyJWTError:
-        raise _refused(400, "Malformed JWT in client_assertion") from None
+    header, claims = _unverified(assertion, "client_assertion")
     exp, kid, typ = claims.get("exp"), header.get("kid"), header.get("typ")
     iss, sub, jti = claims.get("iss"), claims.get("sub"), claims.get("jti")
     if header.get("alg") != ASSERTION_ALGORITHM:
@@ -174,6 +187,58 @@ def _check_assertion(platform: Platform, assertion: str, audience: str, now: flo
     platform.seen_jtis[jti] = float(exp)
 
 
+# What the platform answers to each check of the ID token, in the order it checks (rule 3),
+# after the client assertion's. The texts and statuses are the platform's own
+# (NHSDigital/identity-service-api): its e2e tests (e2e/tests/oauth/test_token_exchange.py:
+# "Malformed JWT in subject_token" for a subject_token that is no JWT, and for the CIS2 ID
+# token's header and claims "Missing 'kid' header", "Invalid 'typ' header ... - must be
+# 'JWT'", "Missing 'iss' claim", "Missing 'aud' claim" (401), "Missing 'exp' claim",
+# "Invalid 'exp' claim ... - must be an integer", "Invalid 'exp' claim ... - JWT has
+# expired", each "in subject_token JWT"); the checks' script
+# (proxies/live/apiproxy/resources/jsc/validate-subject-token-claims.js, the same texts and
+# order, with "Missing 'alg' header"); and its policies
+# (proxies/live/apiproxy/policies/AssignMessage.FailedToDecodeSubjectTokenJWTError.xml,
+# AssignMessage.NoMatchingPublicKeySubjectToken.xml: 401 "Invalid 'kid' header in
+# subject_token JWT - no matching public key", AssignMessage.InvalidSubjectToken.xml: 400
+# "subject_token is invalid", here a signature the issuer's key does not verify, or no sub
+# to name the user by: what in the flow raises it, the sources read do not show). An ID
+# token from another issuer: "Missing or non-matching 'iss' claim in subject_token JWT", as
+# a developer exchanging a CIS2 ID token for e-RS was answered
+# (https://developer.community.nhs.uk/t/error-missing-or-non-matching-iss-claim-in-subject-token-jwt/11870)
+# and as the platform's earlier script said it. Nothing shows the platform checking the ID
+# token's aud against a value, so the sandbox does not either.
+IN_SUBJECT_TOKEN = "in subject_token JWT"
+
+
+def _check_subject_token(platform: Platform, subject: str, now: float) -> Cis2User:
+    """Rule 3; the user the ID token names, or raises the OAuthError the platform would."""
+    header, claims = _unverified(subject, "subject_token")
+    kid, typ, exp = header.get("kid"), header.get("typ"), claims.get("exp")
+    if not kid:
+        raise _refused(400, f"Missing 'kid' header {IN_SUBJECT_TOKEN}")
+    if not isinstance(typ, str) or typ.lower() != "jwt":
+        raise _refused(400, f"Invalid 'typ' header {IN_SUBJECT_TOKEN} - must be 'JWT'")
+    if not header.get("alg"):
+        raise _refused(400, f"Missing 'alg' header {IN_SUBJECT_TOKEN}")
+    if exp is None:
+        raise _refused(400, f"Missing 'exp' claim {IN_SUBJECT_TOKEN}")
+    if not _is_number(exp):
+        raise _refused(400, f"Invalid 'exp' claim {IN_SUBJECT_TOKEN} - must be an integer")
+    if now > exp:
+        raise _refused(400, f"Invalid 'exp' claim {IN_SUBJECT_TOKEN} - JWT has expired")
+    if not claims.get("iss"):
+        raise _refused(400, f"Missing 'iss' claim {IN_SUBJECT_TOKEN}")
+    if not claims.get("aud"):
+        raise _refused(401, f"Missing 'aud' claim {IN_SUBJECT_TOKEN}")
+    if claims["iss"] != CIS2_ISSUER:
+        raise _refused(400, f"Missing or non-matching 'iss' claim {IN_SUBJECT_TOKEN}")
+    if kid != platform.issuer.kid:
+        raise _refused(401, f"Invalid 'kid' header {IN_SUBJECT_TOKEN} - no matching public key")
+    if not platform.issuer.verifies(subject) or not claims.get("sub"):
+        raise _refused(400, "subject_token is invalid")
+    return Cis2User.of(claims)
+
+
 async def token(request: web.Request) -> web.Response:
     platform = request.app[PLATFORM]
     try:
@@ -202,14 +267,13 @@ async def _exchange(request: web.Request, platform: Platform) -> web.Response:
     now = time.time()
     _check_assertion(platform, assertion, token_url(request), now)
     if form.get("subject_token_type") != SUBJECT_TOKEN_TYPE:
-        raise OAuthError(400, "invalid_request", "subject_token_type must be id_token")
+        raise _refused(
+            400, f"missing or invalid subject_token_type - must be '{SUBJECT_TOKEN_TYPE}'"
+        )
     subject = form.get("subject_token")
     if not isinstance(subject, str) or not subject:
-        raise OAuthError(400, "invalid_request", "Missing subject_token")
-    try:
-        user = platform.issuer.verify(subject)
-    except IdTokenInvalid as exc:
-        raise OAuthError(400, "invalid_grant", str(exc)) from None
+        raise _refused(400, "Missing subject_token")
+    user = _check_subject_token(platform, subject, now)
     value = secrets.token_urlsafe(32)
     lifetime = platform.access_token_lifetime_seconds
     platform.tokens[value] = Issued(user, now + lifetime)

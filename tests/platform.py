@@ -4,6 +4,7 @@ tokens from the sandbox's test issuer."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
@@ -11,9 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from sandbox.cis2 import ALGORITHM as CIS2_ALGORITHM
+from sandbox.cis2 import AUDIENCE as CIS2_AUDIENCE
+from sandbox.cis2 import ISSUER as CIS2_ISSUER
 from worker.ers.keys import load_keys
 from worker.ops.settings import Settings
 
@@ -109,6 +114,33 @@ async def id_token(
         answer.raise_for_status()
         token: str = answer.json()["id_token"]
         return token
+
+
+async def forged_id_token(
+    root_url: str,
+    *,
+    key: rsa.RSAPrivateKey | None = None,
+    headers: dict[str, Any] | None = None,
+    **changes: Any,
+) -> str:
+    """An ID token shaped as the sandbox's CIS2 issuer signs them (its ``iss``, ``aud`` and
+    ``kid``, an ``exp`` an hour ahead), but signed by ``key`` (one the issuer does not hold,
+    by default), with ``changes`` to its claims (None drops one) and ``headers``."""
+    jwks = await admin(root_url, "GET", "cis2/jwks")
+    claims = {
+        "iss": CIS2_ISSUER,
+        "aud": CIS2_AUDIENCE,
+        "sub": SDS_USER_ID,
+        "nhsid_nrbac_roles": ROLES,
+        "exp": int(time.time()) + 3600,
+        **changes,
+    }
+    return jwt.encode(
+        {k: v for k, v in claims.items() if v is not None},
+        key or private_key("not-the-cis2-issuer"),
+        algorithm=CIS2_ALGORITHM,
+        headers={"kid": jwks["keys"][0]["kid"], **(headers or {})},
+    )
 
 
 async def admin(root_url: str, method: str, path: str, body: Any = None) -> Any:

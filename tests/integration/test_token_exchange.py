@@ -1,9 +1,9 @@
 """ERS_TOKEN_PROVIDER=message-id-token through the broker and the sandbox as the API platform:
 the worker exchanges the CIS2 ID token from x-ers-id-token; exchanges again when the access
 token expires mid-saga or while the saga waits in a delay queue; ends REAUTHENTICATION_NEEDED
-when the ID token has expired or the platform refuses the exchange (a re-send with a fresh
-one resumes); takes a 403 for a role the user does not hold as final; and no token reaches
-any output."""
+when the ID token has expired or the platform refuses the exchange, the ID token or the
+worker's own assertion (a re-send with a fresh one resumes); takes a 403 for a role the user
+does not hold as final; and no token reaches any output."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from tests.platform import (
     KID,
     admin,
     exchanges,
+    forged_id_token,
     id_token,
     id_token_mode,
     key_dir,
@@ -291,6 +292,43 @@ async def test_a_replayed_jti_is_refused_and_asks_for_reauthentication(
         {"status": 400, "error": "invalid_request"},
     ]
     assert await referrals_of(harness, second) == []
+
+
+# An ID token the platform refuses (one it cannot verify: signed by a key CIS2 does not hold,
+# which the worker, reading only its exp, cannot tell): invalid_request naming the
+# subject_token. Upstream's to cure: counted as invalid_id_token, not as the worker's own
+# invalid_request (ErsTokenExchangeClientRefused's), and a re-send with a good one resumes.
+async def test_an_id_token_the_platform_refuses_is_upstreams_and_a_fresh_one_resumes(
+    harness: Harness, sandbox: SandboxHandle
+) -> None:
+    request = sample("01-dbs-booked.json")
+    forged = await forged_id_token(sandbox.root_url)
+    registry = harness.worker.metrics.registry
+
+    def attempts(result: str) -> float | None:
+        return registry.get_sample_value(
+            "ers_worker_token_exchange_attempts_total", {"result": result}
+        )
+
+    refused = await harness.outcome(await publish_with(harness, request, forged))
+
+    assert refused["status"] == "REAUTHENTICATION_NEEDED"
+    error = refused["error"]
+    assert (error["code"], error["http_status"]) == ("TOKEN_EXCHANGE_INVALID_REQUEST", 400)
+    assert "re-send with a fresh CIS2 ID token" in error["text"]
+    assert await exchanges(sandbox.root_url) == [{"status": 400, "error": "invalid_request"}]
+    assert (attempts("invalid_id_token"), attempts("invalid_request")) == (1, 0)
+    assert await harness.sandbox.requests() == []  # e-RS never called without a token
+    assert harness.parked == []
+
+    fresh = await id_token(sandbox.root_url)
+    resent = await harness.outcome(await publish_with(harness, request, fresh))
+    await harness.settle()
+
+    assert resent["status"] == "COMPLETED", resent["error"]
+    assert len(await referrals_of(harness, request)) == 1
+    assert (attempts("invalid_id_token"), attempts("ok")) == (1, 1)
+    assert forged not in str(refused) and fresh not in str(resent)
 
 
 # --- a role profile the user does not hold ---

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -61,6 +62,14 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_LIFETIME_SECONDS = 240
 MAX_ASSERTION_LIFETIME_SECONDS = 300
 PUBLIC_KEY_ERROR = "public_key_error"  # the platform's "public_key error", as a label
+# The label of an invalid_request whose description names the subject_token: the platform's
+# answer to an ID token it refuses (expired by its clock, another issuer, a key or signature
+# it does not verify, not a JWT), upstream's to cure, unlike the assertion's invalid_request.
+INVALID_ID_TOKEN = "invalid_id_token"
+# The form fields a refusal's description may name, as words: "subject_token_type" (a
+# constant the worker sends) is not the ID token. "client_assertion" is matched anywhere:
+# its "client_assertion_type" is the worker's own too.
+_NAMES_SUBJECT_TOKEN = re.compile(r"\bsubject_token\b")
 
 
 def token_url_for(ers_base_url: str) -> str:
@@ -160,9 +169,9 @@ class TokenCache:
 
 def _refusal(content: bytes) -> tuple[str, str | None]:
     """The OAuth ``error`` of a refusal, as a closed label value, and which form field its
-    description names (the platform's say "... in client_assertion JWT" or "... in
-    subject_token JWT"), if any. The description itself is never kept: it could echo what
-    it was sent."""
+    description names (the platform's say "... in client_assertion JWT", "... in
+    subject_token JWT", "Malformed JWT in subject_token"), if any. The description itself is
+    never kept: it could echo what it was sent."""
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
@@ -173,12 +182,15 @@ def _refusal(content: bytes) -> tuple[str, str | None]:
     label = error if error is not None and error in TOKEN_EXCHANGE_RESULTS else "other"
     description = body.get("error_description") if isinstance(body, dict) else None
     text = description if isinstance(description, str) else ""
-    about = next((f for f in (CLIENT_ASSERTION, SUBJECT_TOKEN) if f in text), None)
-    return label, about
+    if CLIENT_ASSERTION in text:
+        return label, CLIENT_ASSERTION
+    return label, SUBJECT_TOKEN if _NAMES_SUBJECT_TOKEN.search(text) else None
 
 
 def _result_of(exc: BaseException) -> str:
     if isinstance(exc, ExchangeRefused):
+        if exc.error == "invalid_request" and exc.about == SUBJECT_TOKEN:
+            return INVALID_ID_TOKEN
         return exc.error
     if isinstance(exc, ErsRateLimited):
         return "rate_limited"

@@ -42,8 +42,9 @@ POISONED = "poisoned"  # last delivery of a message that never settled
 
 # The token exchange's results (label values): ok, transient faults, and the OAuth errors
 # (RFC 6749 section 5.2) a refusal names, with the API platform's own "public_key error" (a
-# signature its JWKS for the application does not verify, or no JWKS) as public_key_error;
-# anything else is "other".
+# signature its JWKS for the application does not verify, or no JWKS) as public_key_error,
+# and its invalid_request naming the subject_token (an ID token it refuses: upstream's, not
+# the worker's credentials) as invalid_id_token; anything else is "other".
 TOKEN_EXCHANGE_RESULTS = (
     "ok",
     "rate_limited",
@@ -53,6 +54,7 @@ TOKEN_EXCHANGE_RESULTS = (
     "connection_error",
     "unreadable",
     "invalid_request",
+    "invalid_id_token",
     "invalid_client",
     "invalid_grant",
     "unauthorized_client",

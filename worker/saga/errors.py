@@ -130,7 +130,8 @@ class ExchangeRefused(ErsAuthError):
 
     ``about`` is the form field the platform's answer names (``CLIENT_ASSERTION`` or
     ``SUBJECT_TOKEN``), if any: the OAuth error alone cannot say, since ``invalid_request``
-    covers a replayed ``jti`` in the assertion as well as a malformed ID token."""
+    covers a replayed ``jti`` in the assertion as well as a malformed ID token. It is kept,
+    so the exchange's metric counts the ID token's refusals apart from the worker's own."""
 
     disposition = Disposition.REAUTHENTICATE
 
@@ -150,6 +151,7 @@ class ExchangeRefused(ErsAuthError):
             f"({error}): {which}",
         )
         self.error = error
+        self.about = about
 
 
 class ErsConflict(ErsError):

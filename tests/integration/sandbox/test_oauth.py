@@ -1,13 +1,15 @@
 """The sandbox as the API platform: /oauth2/token checks the client assertion against the
 registered JWKS (signature, kid, aud, exp at most 5 minutes ahead, jti never replayed) and the
-CIS2 ID token; e-RS endpoints then take only its access tokens, answer 401 (the spec's body)
-to unknown or expired ones and 403 to a role profile the user does not hold."""
+CIS2 ID token, refusing each as the platform does; e-RS endpoints then take only its access
+tokens, answer 401 (the spec's body) to unknown or expired ones and 403 to a role profile the
+user does not hold."""
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ from tests.platform import (
     KID,
     admin,
     exchanges,
+    forged_id_token,
     id_token,
     private_key,
     registered_application,
@@ -117,6 +120,13 @@ async def test_a_replayed_jti_is_refused(
         "error": "invalid_request",
         "error_description": "Non-unique 'jti' claim in client_assertion JWT",
     }
+
+
+def _constant(value: str) -> Callable[[str], Awaitable[str]]:
+    async def make(_: str) -> str:
+        return value
+
+    return make
 
 
 def _in_assertion(what: str) -> str:
@@ -245,15 +255,123 @@ async def test_a_refused_assertion_does_not_use_up_its_jti(
     assert (await exchange(http, subject, assertion(audience_of(http), jti=jti))).status_code == 200
 
 
-async def test_an_expired_or_forged_id_token_is_an_invalid_grant(
+def _in_subject_token(what: str) -> str:
+    return f"{what} in subject_token JWT"
+
+
+async def _tampered(root_url: str) -> str:
+    """A real ID token of the issuer's with another user in its claims: its signature no
+    longer verifies."""
+    real = await id_token(root_url)
+    header, _, signature = real.split(".")
+    claims = jwt.decode(real, options={"verify_signature": False})
+    body = jwt.utils.base64url_encode(json.dumps({**claims, "sub": "999999999999"}).encode())
+    return f"{header}.{body.decode()}.{signature}"
+
+
+# The platform's answers to an ID token it refuses (sandbox/oauth.py, rule 3, cites them):
+# invalid_request throughout, naming the subject_token, never invalid_grant.
+BAD_ID_TOKENS: dict[str, tuple[Callable[[str], Awaitable[str]], int, str]] = {
+    "expired": (
+        lambda root: id_token(root, lifetime_seconds=-5),
+        400,
+        _in_subject_token("Invalid 'exp' claim") + " - JWT has expired",
+    ),
+    "another issuer": (
+        lambda root: forged_id_token(root, iss="https://elsewhere.example/NHSIdentity"),
+        400,
+        _in_subject_token("Missing or non-matching 'iss' claim"),
+    ),
+    "signed by another key": (forged_id_token, 400, "subject_token is invalid"),
+    "tampered with": (_tampered, 400, "subject_token is invalid"),
+    "kid not the issuer's": (
+        lambda root: forged_id_token(root, headers={"kid": "unknown-kid"}),
+        401,
+        _in_subject_token("Invalid 'kid' header") + " - no matching public key",
+    ),
+    "not a JWT": (_constant("9SrRLS-XxM65UGJRlXR_6lqf604"), 400, "Malformed JWT in subject_token"),
+    "no kid": (
+        lambda root: forged_id_token(root, headers={"kid": ""}),
+        400,
+        _in_subject_token("Missing 'kid' header"),
+    ),
+    "typ not JWT": (
+        lambda root: forged_id_token(root, headers={"typ": "at+jwt"}),
+        400,
+        _in_subject_token("Invalid 'typ' header") + " - must be 'JWT'",
+    ),
+    "no exp": (
+        lambda root: forged_id_token(root, exp=None),
+        400,
+        _in_subject_token("Missing 'exp' claim"),
+    ),
+    "exp a string": (
+        lambda root: forged_id_token(root, exp=str(int(time.time()) + 300)),
+        400,
+        _in_subject_token("Invalid 'exp' claim") + " - must be an integer",
+    ),
+    "no iss": (
+        lambda root: forged_id_token(root, iss=None),
+        400,
+        _in_subject_token("Missing 'iss' claim"),
+    ),
+    "no aud": (
+        lambda root: forged_id_token(root, aud=None),
+        401,
+        _in_subject_token("Missing 'aud' claim"),
+    ),
+}
+
+
+@pytest.mark.parametrize(
+    ("make", "status", "description"), list(BAD_ID_TOKENS.values()), ids=list(BAD_ID_TOKENS)
+)
+async def test_a_bad_id_token_is_refused_as_the_platform_does(
+    http: httpx.AsyncClient,
+    platform_sandbox: SandboxHandle,
+    make: Callable[[str], Awaitable[str]],
+    status: int,
+    description: str,
+) -> None:
+    answer = await exchange(http, await make(platform_sandbox.root_url))
+
+    assert answer.status_code == status
+    assert answer.json() == {"error": "invalid_request", "error_description": description}
+    assert await exchanges(platform_sandbox.root_url) == [
+        {"status": status, "error": "invalid_request"}
+    ]
+
+
+async def test_an_id_token_is_checked_after_the_client_assertion(
     http: httpx.AsyncClient, platform_sandbox: SandboxHandle
 ) -> None:
     expired = await id_token(platform_sandbox.root_url, lifetime_seconds=-5)
-    forged = jwt.encode({"sub": "x", "exp": int(time.time()) + 60}, private_key(), "RS256")
+    forged = assertion(audience_of(http), key=private_key("other"))
 
-    for subject in (expired, forged):
-        answer = await exchange(http, subject)
-        assert answer.status_code == 400 and answer.json()["error"] == "invalid_grant"
+    answer = await exchange(http, expired, forged)
+
+    assert (answer.status_code, answer.json()["error"]) == (401, "public_key error")
+
+
+async def test_a_subject_token_type_other_than_id_token_is_refused_as_the_platform_does(
+    http: httpx.AsyncClient, platform_sandbox: SandboxHandle
+) -> None:
+    answer = await http.post(
+        "/oauth2/token",
+        data={
+            "grant_type": GRANT,
+            "subject_token_type": "urn:ietf:params:oauth:token-type:access_token",
+            "subject_token": await id_token(platform_sandbox.root_url),
+            "client_assertion_type": JWT_BEARER,
+            "client_assertion": assertion(audience_of(http)),
+        },
+    )
+
+    assert answer.status_code == 400
+    assert answer.json() == {
+        "error": "invalid_request",
+        "error_description": f"missing or invalid subject_token_type - must be '{ID_TOKEN_TYPE}'",
+    }
 
 
 async def test_e_rs_answers_401_with_the_spec_body_to_an_unknown_or_expired_token(

@@ -30,7 +30,7 @@ from worker.ers.token_exchange import (
     client_assertion,
     token_url_for,
 )
-from worker.observability.metrics import Metrics
+from worker.observability.metrics import TOKEN_EXCHANGE_RESULTS, Metrics
 from worker.saga.errors import Disposition, ErsRateLimited, ErsTransientError, ErsUnexpected
 from worker.saga.ports import AccessToken
 
@@ -358,10 +358,22 @@ async def test_a_network_fault_is_transient() -> None:
 
 ASSERTION_NAMED = "client assertion"
 ID_TOKEN_NAMED = "the CIS2 ID token was not accepted"
+# The platform's answers to an ID token it refuses (NHSDigital/identity-service-api: the
+# e2e tests e2e/tests/oauth/test_token_exchange.py and the proxy's policies
+# proxies/live/apiproxy/policies/AssignMessage.*SubjectToken*.xml): invalid_request, the
+# description naming the subject_token.
+ID_TOKEN_REFUSALS = [
+    (400, "Invalid 'exp' claim in subject_token JWT - JWT has expired"),
+    (400, "Missing or non-matching 'iss' claim in subject_token JWT"),
+    (401, "Invalid 'kid' header in subject_token JWT - no matching public key"),
+    (401, "Missing 'aud' claim in subject_token JWT"),
+    (400, "Malformed JWT in subject_token"),
+    (400, "subject_token is invalid"),
+]
 
 
 @pytest.mark.parametrize(
-    ("status", "error", "description", "code", "which"),
+    ("status", "error", "description", "code", "which", "label"),
     [
         (
             400,
@@ -369,6 +381,7 @@ ID_TOKEN_NAMED = "the CIS2 ID token was not accepted"
             "ID token has expired",
             "TOKEN_EXCHANGE_INVALID_GRANT",
             ID_TOKEN_NAMED,
+            "invalid_grant",
         ),
         (
             401,
@@ -376,24 +389,57 @@ ID_TOKEN_NAMED = "the CIS2 ID token was not accepted"
             "Invalid signature",
             "TOKEN_EXCHANGE_INVALID_CLIENT",
             ASSERTION_NAMED,
+            "invalid_client",
         ),
-        # invalid_request is about either: the part the platform's answer names decides.
+        # invalid_request is about either: the part the platform's answer names decides,
+        # and an ID token's is counted apart (invalid_id_token), being upstream's to cure.
         (
             400,
             "invalid_request",
             "Non-unique 'jti' claim in client_assertion JWT",
             "TOKEN_EXCHANGE_INVALID_REQUEST",
             ASSERTION_NAMED,
+            "invalid_request",
+        ),
+        *[
+            (
+                status,
+                "invalid_request",
+                description,
+                "TOKEN_EXCHANGE_INVALID_REQUEST",
+                ID_TOKEN_NAMED,
+                "invalid_id_token",
+            )
+            for status, description in ID_TOKEN_REFUSALS
+        ],
+        # subject_token_type is a constant of the worker's form, not the ID token.
+        (
+            400,
+            "invalid_request",
+            "missing or invalid subject_token_type - must be "
+            "'urn:ietf:params:oauth:token-type:id_token'",
+            "TOKEN_EXCHANGE_INVALID_REQUEST",
+            ID_TOKEN_NAMED,
+            "invalid_request",
         ),
         (
             400,
             "invalid_request",
-            "Missing or non-matching 'iss' claim in subject_token JWT",
+            "Missing or invalid client_assertion_type - must be "
+            "'urn:ietf:params:oauth:client-assertion-type:jwt-bearer'",
+            "TOKEN_EXCHANGE_INVALID_REQUEST",
+            ASSERTION_NAMED,
+            "invalid_request",
+        ),
+        (
+            400,
+            "invalid_request",
+            "",
             "TOKEN_EXCHANGE_INVALID_REQUEST",
             ID_TOKEN_NAMED,
+            "invalid_request",
         ),
-        (400, "invalid_request", "", "TOKEN_EXCHANGE_INVALID_REQUEST", ID_TOKEN_NAMED),
-        (400, "made_up_error", "", "TOKEN_EXCHANGE_OTHER", ID_TOKEN_NAMED),
+        (400, "made_up_error", "", "TOKEN_EXCHANGE_OTHER", ID_TOKEN_NAMED, "other"),
         # The platform's answers to an unknown kid and to a key that does not verify.
         (
             401,
@@ -401,6 +447,7 @@ ID_TOKEN_NAMED = "the CIS2 ID token was not accepted"
             "Invalid 'kid' header in client_assertion JWT - no matching public key",
             "TOKEN_EXCHANGE_INVALID_REQUEST",
             ASSERTION_NAMED,
+            "invalid_request",
         ),
         (
             401,
@@ -408,6 +455,7 @@ ID_TOKEN_NAMED = "the CIS2 ID token was not accepted"
             "JWT signature verification failed",
             "TOKEN_EXCHANGE_PUBLIC_KEY_ERROR",
             ASSERTION_NAMED,
+            "public_key_error",
         ),
         # ...and to an application with no JWKS registered.
         (
@@ -416,11 +464,12 @@ ID_TOKEN_NAMED = "the CIS2 ID token was not accepted"
             "You need to register a public key to use this authentication method",
             "TOKEN_EXCHANGE_PUBLIC_KEY_ERROR",
             ASSERTION_NAMED,
+            "public_key_error",
         ),
     ],
 )
 async def test_a_refusal_asks_for_reauthentication_naming_the_token_and_why(
-    status: int, error: str, description: str, code: str, which: str
+    status: int, error: str, description: str, code: str, which: str, label: str
 ) -> None:
     echo = f"{description} echo {ID_TOKEN.get_secret_value()}"
     body = {"error": error, "error_description": echo}
@@ -436,8 +485,12 @@ async def test_a_refusal_asks_for_reauthentication_naming_the_token_and_why(
     assert len(sent) == 1  # a refusal is not retried
     # The platform's free text is never carried: it could echo what it was sent.
     assert ID_TOKEN.get_secret_value() not in f"{exc} {exc.diagnostics}"
-    label = {"made_up_error": "other", "public_key error": "public_key_error"}.get(error, error)
-    assert metrics.token_exchange_attempts.labels(label)._value.get() == 1
+    # Counted once, under its own result and no other.
+    counted = {
+        result: metrics.token_exchange_attempts.labels(result)._value.get()
+        for result in TOKEN_EXCHANGE_RESULTS
+    }
+    assert {r: n for r, n in counted.items() if n} == {label: 1}
 
 
 @pytest.mark.parametrize(
