@@ -189,7 +189,7 @@ def _refusal(content: bytes) -> tuple[str, str | None]:
 
 def _result_of(exc: BaseException) -> str:
     if isinstance(exc, ExchangeRefused):
-        if exc.error == "invalid_request" and exc.about == SUBJECT_TOKEN:
+        if exc.error == "invalid_request" and exc.id_token_at_fault:
             return INVALID_ID_TOKEN
         return exc.error
     if isinstance(exc, ErsRateLimited):

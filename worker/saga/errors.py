@@ -119,7 +119,6 @@ class ErsAuthError(ErsError):
 TOKEN_EXCHANGE = "TOKEN_EXCHANGE"  # the API platform's /oauth2/token, as errors name it
 # Which token an OAuth error is about, for the outcome's text, when the platform's answer does
 # not name the part of the request it refused.
-_CLIENT_ERRORS = frozenset({"invalid_client", "unauthorized_client", "public_key_error"})
 CLIENT_ASSERTION = "client_assertion"
 SUBJECT_TOKEN = "subject_token"
 
@@ -136,12 +135,14 @@ class ExchangeRefused(ErsAuthError):
     disposition = Disposition.REAUTHENTICATE
 
     def __init__(self, status: int, error: str, about: str | None = None) -> None:
-        assertion = about == CLIENT_ASSERTION or (about is None and error in _CLIENT_ERRORS)
+        self.error = error
+        self.about = about
         which = (
-            "the worker's client assertion (its API key, key, kid or jti, as the API platform "
-            "checks them) was not accepted: the worker's to put right, then a re-send resumes"
-            if assertion
-            else "the CIS2 ID token was not accepted; re-send with a fresh CIS2 ID token"
+            "the CIS2 ID token was not accepted; re-send with a fresh CIS2 ID token"
+            if self.id_token_at_fault
+            else "the worker's own request (its client assertion: API key, key, kid or jti, "
+            "as the API platform checks them) was not accepted: the worker's to put right, "
+            "then a re-send resumes"
         )
         super().__init__(
             TOKEN_EXCHANGE,
@@ -150,8 +151,17 @@ class ExchangeRefused(ErsAuthError):
             diagnostics=f"the API platform refused to exchange the CIS2 ID token "
             f"({error}): {which}",
         )
-        self.error = error
-        self.about = about
+
+    @property
+    def id_token_at_fault(self) -> bool:
+        """Whose refusal this is, for the outcome's text and the exchange metric alike: the
+        ID token's (upstream re-sends a fresh one) or the worker's own (an operator's to fix).
+        The platform's description names the token it refused; without a name, only
+        ``invalid_grant`` is about the grant, the ID token, and anything else is taken as
+        the worker's own request (its form or its assertion), which re-sending cannot cure."""
+        if self.about is not None:
+            return self.about == SUBJECT_TOKEN
+        return self.error == "invalid_grant"
 
 
 class ErsConflict(ErsError):

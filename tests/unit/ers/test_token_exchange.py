@@ -419,7 +419,8 @@ ID_TOKEN_REFUSALS = [
             "missing or invalid subject_token_type - must be "
             "'urn:ietf:params:oauth:token-type:id_token'",
             "TOKEN_EXCHANGE_INVALID_REQUEST",
-            ID_TOKEN_NAMED,
+            # The worker's own form, not the ID token: the text says so, as the metric does.
+            ASSERTION_NAMED,
             "invalid_request",
         ),
         (
@@ -436,10 +437,12 @@ ID_TOKEN_REFUSALS = [
             "invalid_request",
             "",
             "TOKEN_EXCHANGE_INVALID_REQUEST",
-            ID_TOKEN_NAMED,
+            ASSERTION_NAMED,
             "invalid_request",
         ),
-        (400, "made_up_error", "", "TOKEN_EXCHANGE_OTHER", ID_TOKEN_NAMED, "other"),
+        (400, "made_up_error", "", "TOKEN_EXCHANGE_OTHER", ASSERTION_NAMED, "other"),
+        # Unnamed, only invalid_grant is the ID token's.
+        (400, "invalid_grant", "", "TOKEN_EXCHANGE_INVALID_GRANT", ID_TOKEN_NAMED, "invalid_grant"),
         # The platform's answers to an unknown kid and to a key that does not verify.
         (
             401,
