@@ -27,6 +27,7 @@ import asyncio
 import os
 import statistics
 import sys
+import time
 import uuid
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -35,6 +36,7 @@ from pathlib import Path
 from tempfile import TemporaryDirectory
 from typing import Any
 
+import aio_pika
 import httpx
 import orjson
 
@@ -52,9 +54,12 @@ from bench.throughput import (
 )
 from sandbox.faults import ENDPOINT_IDS
 from worker.messaging.consumer import Worker
+from worker.messaging.publish import publish_request
 from worker.messaging.topology import Names, remove
 from worker.ops import loop as event_loop
 from worker.ops.app import request_handler
+from worker.ops.samples import nhs_numbers
+from worker.saga.priority import MOST_URGENT_FIRST
 
 # A fault answers `times` calls and then leaves the queue: this many outlasts any run.
 FOREVER = 1_000_000_000
@@ -300,12 +305,87 @@ async def budget_section(suite: Suite) -> None:
         print(line, flush=True)
 
 
+def _rss_mib() -> float:
+    """This process's resident set now (not its peak: earlier sections raised that)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def memory_section(suite: Suite) -> None:
+    """Issue 10's memory target: with a backlog of --memory-requests DBS requests, the worker
+    holds at most its prefetch of them, so its RSS stays where it was before the backlog."""
+    args = suite.args
+    requests = args.memory_requests
+    print(f"== memory: a backlog of {requests} DBS requests, prefetch {args.concurrency}")
+    await suite.fresh(requests, delay_seconds=args.latency)  # sagas slow: the backlog stays
+    prefix = f"mem-{uuid.uuid4().hex[:8]}"
+    names = Names(prefix)
+    template = orjson.loads((ROOT / "samples" / SAMPLE["dbs"]).read_bytes())
+    patients = nhs_numbers(requests)
+    with TemporaryDirectory() as scratch:
+        settings = worker_settings(
+            suite.ers, suite.amqp_url, prefix, args.concurrency, Path(scratch)
+        )
+        async with request_handler(settings) as handler:
+            worker = Worker(settings, handler)
+            await worker.start()
+            before = _rss_mib()
+            peak = before
+            try:
+                connection = await aio_pika.connect(suite.amqp_url)
+                async with connection:
+                    channel = await connection.channel(publisher_confirms=True)
+                    exchange = await channel.get_exchange(names.requests_exchange)
+                    replies = await channel.declare_queue(exclusive=True, auto_delete=True)
+                    for i in range(requests):
+                        body = orjson.dumps(
+                            {
+                                **template,
+                                "request_id": f"mem-{i}-{prefix}",
+                                "patient": {"nhs_number": patients[i]},
+                            }
+                        )
+                        await publish_request(
+                            exchange,
+                            body,
+                            reply_to=replies.name,
+                            correlation_id=str(i),
+                            token="bench-token",
+                        )
+                        if i % 1000 == 0:
+                            peak = max(peak, _rss_mib())
+                    published = time.perf_counter()
+                    intake = await channel.declare_queue(names.requests_queue, passive=True)
+                    while intake.declaration_result.message_count:
+                        peak = max(peak, _rss_mib())
+                        await asyncio.sleep(0.5)
+                        intake = await channel.declare_queue(names.requests_queue, passive=True)
+                    sorted_after = time.perf_counter() - published
+                    waiting = 0
+                    for priority in MOST_URGENT_FIRST:
+                        work = await channel.declare_queue(names.work_queue(priority), passive=True)
+                        waiting += work.declaration_result.message_count or 0
+                peak = max(peak, _rss_mib())
+            finally:
+                await worker.stop(grace_seconds=0)
+                await remove(suite.amqp_url, names, delays=settings.retry_delays)
+    print(
+        f"  sorted {sorted_after:.1f} s after the last publish, {waiting} waiting in the work "
+        f"queues; RSS {before:.0f} MiB before the backlog, at most {peak:.0f} MiB with it "
+        "(the publisher in the same process)",
+        flush=True,
+    )
+
+
 Section = Callable[[Suite], Awaitable[None]]
 # In the order a full run takes them; --only picks some. A new section is one entry here.
 SECTIONS: dict[str, Section] = {
     "cpu": cpu_section,
     "latency": latency_section,
     "budget": budget_section,
+    "memory": memory_section,
 }
 
 
@@ -375,6 +455,13 @@ def main() -> int:
         default=500,
         metavar="N",
         help="referrals in the budget run's backlog (at ~1 referral/s, 500 take ~7 min)",
+    )
+    parser.add_argument(
+        "--memory-requests",
+        type=int,
+        default=20_000,
+        metavar="N",
+        help="the memory run's backlog (issue 10: 20,000)",
     )
     parser.add_argument(
         "--budget-logs", type=Path, metavar="DIR", help="keep the budget run's replica logs here"
