@@ -467,7 +467,20 @@ def load_settings(
             "patient's key from the NHS number: set a long random secret (the same on every "
             "replica), or ERS_ENVIRONMENT=sandbox"
         )
+    if settings.ers_token_provider == "static" and _on_the_nhs_platform(settings.ers_base_url):
+        raise OperatorError(
+            "ERS_TOKEN_PROVIDER=static sends one token for every request, whoever the "
+            "clinician: only a sandbox takes that; against the NHS API platform use "
+            "message-access-token or message-id-token"
+        )
     return settings
+
+
+def _on_the_nhs_platform(base_url: str) -> bool:
+    """Whether e-RS is the NHS API platform's (integration or production), where every call
+    must carry its own clinician's token."""
+    host = urlsplit(base_url).hostname or ""
+    return host == "api.service.nhs.uk" or host.endswith(".api.service.nhs.uk")
 
 
 def _refuse_an_https_proxy() -> None:

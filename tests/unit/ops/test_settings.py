@@ -144,6 +144,37 @@ def test_the_default_patient_key_secret_is_refused_outside_the_sandbox(
     assert DEFAULT_PATIENT_KEY_SECRET not in message
 
 
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"ERS_ENVIRONMENT": "production"},
+        {"ERS_ENVIRONMENT": "integration"},
+        {"ERS_BASE_URL": "https://sandbox.api.service.nhs.uk/referrals/FHIR"},
+    ],
+)
+def test_a_static_token_is_refused_against_the_nhs_api_platform(
+    monkeypatch: pytest.MonkeyPatch, target: dict[str, str]
+) -> None:
+    message = refusal(monkeypatch, ERS_TOKEN_PROVIDER="static", **target)
+    assert message.startswith("ERS_TOKEN_PROVIDER=static sends one token for every request")
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"ERS_ENVIRONMENT": "sandbox"},
+        {"ERS_BASE_URL": "http://127.0.0.1:9000/referrals/FHIR"},
+        {"ERS_BASE_URL": "http://sandbox:8765/referrals/FHIR", "ERS_ALLOW_PLAIN_HTTP": "true"},
+    ],
+)
+def test_a_static_token_serves_a_sandbox(
+    monkeypatch: pytest.MonkeyPatch, target: dict[str, str]
+) -> None:
+    for name, value in {"ERS_TOKEN_PROVIDER": "static", **target}.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings().ers_token_provider == "static"
+
+
 def test_an_empty_patient_key_secret_is_the_default_and_refused(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
