@@ -8,16 +8,19 @@ does not hold as final; and no token reaches any output."""
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import asyncpg
 import pytest
 from prometheus_client import generate_latest
 
 from sandbox.testing import SandboxHandle
 from tests.harness import Harness, eventually, nhs_numbers, sample
+from tests.integration.test_saga_store import POSTGRES_DSN
 from tests.platform import (
     KID,
     admin,
@@ -61,9 +64,50 @@ def worker_keys(request: pytest.FixtureRequest, platform: Path, tmp_path: Path) 
 
 
 @pytest.fixture
-def settings(settings: Settings, worker_keys: tuple[str, Path]) -> Settings:
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[str | None]:
+    """The PostgreSQL schema of the worker's saga store when a test asks (indirectly) for
+    ``postgres``; else None, the SQLite file of the shared settings."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield None
+        return
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    yield schema
+    conn = await asyncpg.connect(POSTGRES_DSN)
+    await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    await conn.close()
+
+
+@pytest.fixture
+def settings(settings: Settings, worker_keys: tuple[str, Path], store: str | None) -> Settings:
     kid, keys = worker_keys
+    if store is not None:
+        settings = settings.model_copy(update={"saga_store": "postgres", "postgres_schema": store})
     return id_token_mode(settings, keys, kid)
+
+
+async def saga_store_text(settings: Settings, schema: str | None) -> str:
+    """Everything the saga store holds, as text: the SQLite file and its WAL, or every row
+    of every table in the PostgreSQL schema."""
+    if schema is None:
+        path = settings.saga_store_path
+        files = sorted(path.parent.glob(f"{path.name}*"))
+        return b"".join(p.read_bytes() for p in files).decode("utf-8", "replace")
+    conn = await asyncpg.connect(POSTGRES_DSN)
+    try:
+        tables = await conn.fetch(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+        )
+        assert tables, f"no tables in {schema}"
+        rows = [
+            str(row[0])
+            for table in tables
+            for row in await conn.fetch(
+                f'SELECT row_to_json(t)::text FROM "{schema}"."{table[0]}" t'
+            )
+        ]
+    finally:
+        await conn.close()
+    return "\n".join(rows)
 
 
 async def test_a_full_saga_in_message_id_token_mode(
@@ -376,10 +420,12 @@ def segments(token: str) -> list[str]:
     return [token, *parts] if len(parts) > 1 else [token]
 
 
+@pytest.mark.parametrize("store", ["sqlite", "postgres"], indirect=True)
 async def test_no_token_id_token_or_assertion_reaches_any_output(
     harness: Harness,
     sandbox: SandboxHandle,
     settings: Settings,
+    store: str | None,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
@@ -420,14 +466,11 @@ async def test_no_token_id_token_or_assertion_reaches_any_output(
     # The sandbox is e-RS' stand-in, not ours: what it logs is not the worker's to answer for.
     records = [r for r in caplog.records if not r.name.startswith("sandbox")]
     formatter = JsonFormatter()
-    store = settings.saga_store_path
     outputs = {
         "log lines": "\n".join(formatter.format(r) for r in records),
         "log records": "\n".join(f"{r.getMessage()} {r.__dict__}" for r in records),
         "metrics": generate_latest(harness.worker.metrics.registry).decode(),
-        "saga store": b"".join(p.read_bytes() for p in store.parent.glob(f"{store.name}*")).decode(
-            "utf-8", "replace"
-        ),
+        "saga store": await saga_store_text(settings, store),
         "replies": "\n".join(repr(r) for r in harness.replies),
         "events exchange": "\n".join(repr(r) for r in harness.topic),
         "parked messages": "\n".join(repr(r) for r in harness.parked),
