@@ -20,6 +20,19 @@ async def confirmed_channel(connection: AbstractConnection) -> AbstractChannel:
     return await connection.channel(publisher_confirms=True, on_return_raises=True)
 
 
+def with_tokens(
+    headers: dict[str, Any], *, token: str | None, id_token: str | None
+) -> dict[str, Any]:
+    """``headers`` with the user's access token (x-ers-access-token) and CIS2 ID token
+    (x-ers-id-token), each where given (an empty one is none): what every sender of a
+    request, or of a parked one replayed, puts on it."""
+    if token:
+        headers[TOKEN_HEADER] = token
+    if id_token:
+        headers[ID_TOKEN_HEADER] = id_token
+    return headers
+
+
 def request_message(
     body: bytes | dict[str, Any],
     *,
@@ -33,11 +46,7 @@ def request_message(
     """A persistent request message with its reply queue and, if given, the user's access
     token (x-ers-access-token) and CIS2 ID token (x-ers-id-token): the worker reads the one
     its ERS_TOKEN_PROVIDER names."""
-    all_headers: dict[str, Any] = dict(headers or {})
-    if token is not None:
-        all_headers[TOKEN_HEADER] = token
-    if id_token is not None:
-        all_headers[ID_TOKEN_HEADER] = id_token
+    all_headers = with_tokens(dict(headers or {}), token=token, id_token=id_token)
     return aio_pika.Message(
         body=body if isinstance(body, bytes) else orjson.dumps(body),
         content_type="application/json",

@@ -27,7 +27,6 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from worker.messaging.headers import (
     ATTEMPT_HEADER,
     DELIVERY_COUNT_HEADER,
-    ID_TOKEN_HEADER,
     OUTCOME_STATUS_HEADER,
     PARKED_AT_HEADER,
     REASON_HEADER,
@@ -37,10 +36,9 @@ from worker.messaging.headers import (
     RESET_ON_REPLAY,
     SECRET_HEADERS,
     STEP_HEADER,
-    TOKEN_HEADER,
 )
 from worker.messaging.outgoing import copy_message
-from worker.messaging.publish import confirmed_channel
+from worker.messaging.publish import confirmed_channel, with_tokens
 from worker.messaging.topology import Names
 from worker.ops.app import operator_store
 from worker.ops.settings import Settings
@@ -227,10 +225,7 @@ async def replay(
                         )
                 headers = {k: v for k, v in parked.headers.items() if k not in RESET_ON_REPLAY}
                 headers[REPLAYED_AT_HEADER] = datetime.now(UTC).isoformat()
-                if token:
-                    headers[TOKEN_HEADER] = token
-                if id_token:
-                    headers[ID_TOKEN_HEADER] = id_token
+                with_tokens(headers, token=token, id_token=id_token)
                 await exchange.publish(
                     copy_message(message, headers), routing_key=REQUEST_ROUTING_KEY
                 )

@@ -31,6 +31,7 @@ from worker.messaging.topology import (
 )
 from worker.ops.failpoints import ENV as FAILPOINTS_ENV
 from worker.ops.failure import OperatorError
+from worker.ops.loop import LoopName
 from worker.saga.state import TriageRoute
 from worker.saga.working_days import HolidayRegion
 
@@ -375,7 +376,7 @@ class Settings(BaseSettings):
         validation_alias=_env("METRICS_HOST"),
         description="Address the metrics and health endpoint listens on.",
     )
-    event_loop: Literal["uvloop", "asyncio"] = Field(
+    event_loop: LoopName = Field(
         "uvloop",
         validation_alias=_env("EVENT_LOOP"),
         description="The event loop: uvloop (libuv's, less CPU per referral) or asyncio "
