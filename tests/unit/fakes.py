@@ -96,11 +96,9 @@ class FakeErs:
         *,
         now: Callable[[], datetime] = fixed_now,
         before_write: BeforeWrite | None = None,
-        before_read: BeforeWrite | None = None,
     ) -> None:
         self._now = now
         self._before_write = before_write
-        self._before_read = before_read
         self._queues: dict[str, deque[Outcome]] = {e.value: deque() for e in Endpoint}
         self._defaults: dict[str, Outcome] = {}
         self._undrained: list[ErsCall] = []
@@ -206,8 +204,6 @@ class FakeErs:
         self.calls.append(call)
         if endpoint in STATE_CHANGING and self._before_write is not None:
             await self._before_write(endpoint.value)
-        elif endpoint not in STATE_CHANGING and self._before_read is not None:
-            await self._before_read(endpoint.value)
         queue = self._queues[endpoint.value]
         if queue:
             outcome = queue.popleft()

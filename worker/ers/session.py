@@ -17,7 +17,7 @@ from schemas.referral_request import ActingUser, Priority
 from worker.ers.request import FHIR_JSON, Caller, ErsRequest, Sender
 from worker.fhir.vocabulary import Endpoint
 from worker.saga.errors import ErsAuthError
-from worker.saga.ports import AccessToken, BeforeRead, BeforeWrite, ErsCall, ErsReply, NotTaken
+from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply, NotTaken
 
 
 class ErsSession:
@@ -30,7 +30,6 @@ class ErsSession:
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: NotTaken | None = None,
-        before_read: BeforeRead | None = None,
         priority: Priority = Priority.ROUTINE,
         turn: float | None = None,
     ) -> None:
@@ -40,7 +39,6 @@ class ErsSession:
             now=now,
             before_write=before_write,
             not_taken=not_taken,
-            before_read=before_read,
             priority=priority,
             turn=turn,
         )

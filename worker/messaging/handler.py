@@ -243,7 +243,6 @@ class RequestHandler:
             now=self._now,
             before_write=journal.before_write,
             not_taken=journal.not_taken,
-            before_read=journal.before_read,
             priority=priority,
             turn=turn(priority, first_seen),
         )
@@ -309,7 +308,6 @@ class RequestHandler:
             final=is_final(state),
             now=self._clock(),
         )
-        self._durable.failpoints.hit("after_finish")
         error = outcome.error
         log.info(
             "saga finished",

@@ -1,25 +1,10 @@
 """Checkpoints one running saga in the store, under this replica's lease.
 
-What a crash may leave is decided here, in one rule: **before any e-RS call, the store holds
-everything a state-changing call has done to the saga, and before a state-changing call, the
-call itself, marked pending** (write-ahead). So:
-
-- the e-RS client calls ``before_write`` before each attempt at a state-changing call: the
-  saga as it stands, the call marked pending, in one write; a crash between the call and its
-  record leaves the mark, and the saga checks e-RS before going on when it resumes;
-- when an attempt's answer proves e-RS did not act on it (503, 429, refused before sending),
-  the client calls ``not_taken`` and the mark goes: a crash while waiting to retry sends again;
-- the runner hands over the saga after every step (``checkpoint``). A step that changed
-  e-RS (its state holds a UBRN, a Binary, a booking) is written before the next call is sent:
-  with that call's mark if it is a write, on its own (``before_read``) if it is a read. A
-  step that only read is written with whatever is written next: a crash repeats its reads,
-  which change nothing;
-- a saga that stops running (finished, or waiting for a delay queue) is written by its
-  handler, with its outcome (``SagaStore.finish``) or for a later run (``release``).
-
-This keeps a saga's writes off its critical path where they guard nothing: a DBS saga with a
-letter is written 6 times between its claim and its outcome, not 11, and the windows in which
-a crash leaves a call's effect unknown are the same as when every step was written.
+The runner checkpoints after every step; the e-RS client calls ``before_write`` before each
+attempt at a state-changing call, so a crash between a call and its record leaves the call
+marked pending, and the saga checks e-RS before going on when it resumes. When an attempt's
+answer proves e-RS did not act on it (503, 429, refused before sending), the client calls
+``not_taken`` and the mark goes: a crash while waiting to retry then sends again.
 """
 
 from __future__ import annotations
@@ -52,31 +37,18 @@ class Journal:
         self._lease = lease_seconds
         self._now = now
         self._clock = clock
-        self._wrote = False  # a state-changing call was attempted since the last checkpoint
-        self._owed = False  # ``current`` holds a state-changing call's effect not yet stored
 
     async def checkpoint(self, state: SagaState) -> None:
-        """The runner's saga after a step; stored before the next call if the step wrote, or
-        settled what an earlier write did (a reconciliation: the mark it cleared is stored)."""
-        if self._wrote or self.current.pending is not None:
-            self._wrote, self._owed = False, True
+        await self._store.checkpoint(state, self._owner, self._lease, self._clock())
         self.current = state
-
-    async def before_read(self, endpoint: str) -> None:
-        if self._owed:
-            await self._write(self.current)
-            self._failpoints.hit(f"after_checkpoint:{self.current.step.value}")
-
-    async def before_write(self, endpoint: str) -> None:
-        pending = PendingWrite(step=self.current.step, endpoint=endpoint, at=self._now())
-        self._wrote = True
-        await self._write(self.current.model_copy(update={"pending": pending}))
+        self._failpoints.hit(f"after_checkpoint:{state.step.value}")
 
     async def not_taken(self, endpoint: str) -> None:
         """The attempt at ``endpoint`` had no effect: store the saga as it was before the mark,
         so that a crash from here on resumes by running the step again."""
-        await self._write(self.current)
+        await self._store.checkpoint(self.current, self._owner, self._lease, self._clock())
 
-    async def _write(self, state: SagaState) -> None:
-        await self._store.checkpoint(state, self._owner, self._lease, self._clock())
-        self._owed = False
+    async def before_write(self, endpoint: str) -> None:
+        pending = PendingWrite(step=self.current.step, endpoint=endpoint, at=self._now())
+        marked = self.current.model_copy(update={"pending": pending})
+        await self._store.checkpoint(marked, self._owner, self._lease, self._clock())

@@ -168,9 +168,6 @@ NO_FAILPOINTS: Failpoints = _NoFailpoints()
 
 BeforeWrite = Callable[[str], Awaitable[None]]
 """Called with the endpoint id before each attempt at a state-changing call (write-ahead)."""
-BeforeRead = Callable[[str], Awaitable[None]]
-"""Called with the endpoint id before each attempt at a call that changes nothing: an earlier
-step's effect on e-RS is stored before it, if it is not yet (``worker.saga.journal``)."""
 NotTaken = Callable[[str], Awaitable[None]]
 """Called with the endpoint id when an attempt's answer proves e-RS did not act on it (503,
 429, refused before sending...): the write-ahead mark of that attempt is withdrawn."""
@@ -188,7 +185,6 @@ class ErsSessions(Protocol):
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: NotTaken | None = None,
-        before_read: BeforeRead | None = None,
         priority: Priority = Priority.ROUTINE,
         turn: float | None = None,
     ) -> ErsPort: ...

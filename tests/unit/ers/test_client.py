@@ -98,7 +98,7 @@ class FakeErs:
     def __init__(self) -> None:
         self.answers: list[Answer] = []
         self.seen: list[httpx.Request] = []
-        # ("sent", path), ("before_write", id), ("before_read", id) and ("not_taken", id)
+        # ("sent", path), ("before_write", id) and ("not_taken", id)
         self.events: list[tuple[str, str]] = []
 
     def script(self, *answers: Answer) -> None:
@@ -121,9 +121,6 @@ class FakeErs:
 
     async def not_taken(self, endpoint: str) -> None:
         self.events.append(("not_taken", endpoint))
-
-    async def before_read(self, endpoint: str) -> None:
-        self.events.append(("before_read", endpoint))
 
     @property
     def writes(self) -> list[str]:
@@ -186,7 +183,6 @@ class Rig:
         token: AccessToken | None = None,
         now: Callable[[], datetime] = lambda: NOW,
         before_write: BeforeWrite | None = None,
-        before_read: BeforeWrite | None = None,
     ) -> ErsSession:
         return (client or self.client()).session(
             USER,
@@ -195,7 +191,6 @@ class Rig:
             now=now,
             before_write=before_write or self.fake.before_write,
             not_taken=self.fake.not_taken,
-            before_read=before_read or self.fake.before_read,
         )
 
     def retries(self, endpoint: str, reason: str) -> float:
@@ -516,11 +511,11 @@ async def test_the_specification_names_every_slot_query_parameter(rig: Rig) -> N
     assert set(rig.fake.seen[0].url.params) <= _spec_parameter_names("A015", "queryParameters")
 
 
-# --- write-ahead: before_write, and before_read ---
+# --- write-ahead: before_write ---
 
 
 @pytest.mark.parametrize("endpoint", BY_ID)
-async def test_before_write_comes_before_every_state_changing_call_before_read_every_read(
+async def test_before_write_comes_before_every_state_changing_call_and_no_read(
     rig: Rig, endpoint: str
 ) -> None:
     rig.fake.script(fhir(200, {}))
@@ -532,8 +527,7 @@ async def test_before_write_comes_before_every_state_changing_call_before_read_e
         assert kinds == ["before_write", "sent"]
         assert rig.fake.writes == [endpoint]
     else:
-        assert kinds == ["before_read", "sent"]
-        assert rig.fake.writes == []
+        assert kinds == ["sent"]
 
 
 async def test_each_attempt_is_written_ahead_and_withdrawn_when_e_rs_did_not_take_it(
@@ -574,16 +568,6 @@ async def test_nothing_is_sent_when_the_write_ahead_fails(rig: Rig) -> None:
 
     with pytest.raises(RuntimeError, match="lease lost"):
         await rig.session(before_write=cannot_checkpoint).create_referral(BODY)
-
-    assert rig.fake.seen == []
-
-
-async def test_no_read_is_sent_when_the_journal_cannot_store_what_came_before(rig: Rig) -> None:
-    async def cannot_checkpoint(endpoint: str) -> None:
-        raise RuntimeError("lease lost")
-
-    with pytest.raises(RuntimeError, match="lease lost"):
-        await rig.session(before_read=cannot_checkpoint).retrieve_referral(UBRN)
 
     assert rig.fake.seen == []
 

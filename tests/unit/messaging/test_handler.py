@@ -86,13 +86,12 @@ class FakeErs:
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: BeforeWrite | None = None,
-        before_read: BeforeWrite | None = None,
         priority: Priority = Priority.ROUTINE,
         turn: float | None = None,
     ) -> FakeSession:
         self.sessions.append((user.ods_code, token.value.get_secret_value(), correlation_id))
         self.priorities.append((priority, turn))
-        return FakeSession(self, now, before_write, before_read)
+        return FakeSession(self, now, before_write)
 
     def answer(self, endpoint: Endpoint) -> ErsReply | Exception:
         queue = self.queued.get(endpoint)
@@ -104,20 +103,14 @@ class FakeErs:
 
 
 class FakeSession:
-    """One saga's ``ErsPort``: before_write ahead of writes and before_read ahead of reads, as
-    the real client calls them; a call record per call."""
+    """One saga's ``ErsPort``: before_write ahead of writes, a call record per call."""
 
     def __init__(
-        self,
-        ers: FakeErs,
-        now: Callable[[], datetime],
-        before_write: BeforeWrite | None,
-        before_read: BeforeWrite | None = None,
+        self, ers: FakeErs, now: Callable[[], datetime], before_write: BeforeWrite | None
     ) -> None:
         self._ers = ers
         self._now = now
         self._before_write = before_write
-        self._before_read = before_read
         self._calls: list[ErsCall] = []
 
     def drain_calls(self) -> list[ErsCall]:
@@ -128,8 +121,6 @@ class FakeSession:
         if endpoint in STATE_CHANGING and self._before_write is not None:
             await self._before_write(endpoint.value)
             self._ers.written_ahead.append(endpoint.value)
-        elif endpoint not in STATE_CHANGING and self._before_read is not None:
-            await self._before_read(endpoint.value)
         self._ers.calls.append(endpoint)
         self._ers.bodies.setdefault(endpoint, []).append(body)
         answer = self._ers.answer(endpoint)
