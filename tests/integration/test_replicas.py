@@ -38,11 +38,12 @@ async def test_two_replicas_one_dies_everything_completes_once(
     await harness.worker.stop(grace_seconds=1)  # only the replicas consume
     batch = mixed_batch(30, SAMPLES)
     # One saga at a time on the doomed replica, so the kill lands on exactly one saga at a
-    # known point (tests/integration/test_crash_recovery.py covers kills in the middle of
-    # e-RS calls).
+    # known point: its referral made and stored, before booking. Both samples pass it, so
+    # the first saga the doomed replica takes kills it (tests/integration/test_crash_recovery.py
+    # covers kills in the middle of e-RS calls).
     doomed = await WorkerProcess.start(
         postgres_settings,
-        **{ENV: "after_checkpoint:UPLOAD", "WORKER_CONCURRENCY": "1", "AMQP_PREFETCH": "1"},
+        **{ENV: "after_checkpoint:BOOK_OR_DEFER", "WORKER_CONCURRENCY": "1", "AMQP_PREFETCH": "1"},
     )
     survivor = await WorkerProcess.start(postgres_settings)
     try:
@@ -83,11 +84,11 @@ async def kill_then_recover(
     doomed_env: dict[str, str],
     successor_env: dict[str, str],
 ) -> tuple[float, str]:
-    """One request; its replica SIGKILLed after SEARCH; a successor finishes it. Returns
+    """One request; its replica SIGKILLed once A010 has answered; a successor finishes it. Returns
     the seconds from the kill to the outcome, and the successor's log."""
     await harness.worker.stop(grace_seconds=1)
     (request,) = mixed_batch(1, ["01-dbs-booked.json"])
-    doomed = await WorkerProcess.start(settings, **doomed_env, **{ENV: "after_checkpoint:SEARCH"})
+    doomed = await WorkerProcess.start(settings, **doomed_env, **{ENV: "after_send:A010"})
     try:
         cid = await harness.publish(request)
         assert await doomed.killed(timeout=60) == -9

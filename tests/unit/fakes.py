@@ -96,9 +96,11 @@ class FakeErs:
         *,
         now: Callable[[], datetime] = fixed_now,
         before_write: BeforeWrite | None = None,
+        before_call: BeforeWrite | None = None,
     ) -> None:
         self._now = now
         self._before_write = before_write
+        self._before_call = before_call
         self._queues: dict[str, deque[Outcome]] = {e.value: deque() for e in Endpoint}
         self._defaults: dict[str, Outcome] = {}
         self._undrained: list[ErsCall] = []
@@ -204,6 +206,8 @@ class FakeErs:
         self.calls.append(call)
         if endpoint in STATE_CHANGING and self._before_write is not None:
             await self._before_write(endpoint.value)
+        elif endpoint not in STATE_CHANGING and self._before_call is not None:
+            await self._before_call(endpoint.value)
         queue = self._queues[endpoint.value]
         if queue:
             outcome = queue.popleft()

@@ -50,6 +50,7 @@ from worker.saga.errors import (
 from worker.saga.ports import (
     NO_FAILPOINTS,
     AccessToken,
+    BeforeCall,
     BeforeWrite,
     ErsCall,
     ErsReply,
@@ -109,13 +110,15 @@ class ErsClient:
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: NotTaken | None = None,
+        before_call: BeforeCall | None = None,
         priority: Priority = Priority.ROUTINE,
         turn: float | None = None,
     ) -> ErsSession:
         """The ``ErsPort`` of one saga run (``worker.saga.ports.ErsSessions``)."""
         return ErsSession(
-            self, user, token, correlation_id, now, before_write, not_taken, priority, turn
-        )
+            self, user, token, correlation_id, now, before_write, not_taken, before_call,
+            priority, turn,
+        )  # fmt: skip
 
     async def call(self, request: ErsRequest, caller: Caller) -> ErsReply:
         """Send one call, retrying what is safe; raise the error its answer stands for."""
@@ -141,12 +144,15 @@ class ErsClient:
     async def _written_ahead(self, request: ErsRequest, caller: Caller) -> ErsReply:
         """One attempt, and for a state-changing call its write-ahead mark: set before the
         attempt, withdrawn when the answer proves e-RS did not act on it. So a crash while
-        waiting to retry a 503 resumes by sending again, not by asking a person."""
+        waiting to retry a 503 resumes by sending again, not by asking a person. Before a read,
+        the journal stores what earlier writes did, if it has not yet."""
         endpoint = request.endpoint
         marked = endpoint.changes_state and caller.before_write is not None
         if marked and caller.before_write is not None:
             await caller.before_write(endpoint.value)
             self._failpoints.hit(f"before_send:{endpoint.value}")
+        elif not endpoint.changes_state and caller.before_call is not None:
+            await caller.before_call(endpoint.value)
         try:
             return await self._attempt(request, caller)
         except SagaError as exc:

@@ -9,7 +9,7 @@ from typing import Protocol
 
 from schemas.referral_request import Priority
 from worker.fhir.vocabulary import Endpoint
-from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply, NotTaken
+from worker.saga.ports import AccessToken, BeforeCall, BeforeWrite, ErsCall, ErsReply, NotTaken
 
 FHIR_JSON = "application/fhir+json"
 
@@ -31,13 +31,14 @@ class ErsRequest:
 
 @dataclass(slots=True)
 class Caller:
-    """Who a call is made for: one saga's token and clock, its write-ahead hook, its place in
-    the queue for the e-RS budget, and the list its call history goes to."""
+    """Who a call is made for: one saga's token and clock, its journal's hooks (write-ahead),
+    its place in the queue for the e-RS budget, and the list its call history goes to."""
 
     token: AccessToken
     now: Callable[[], datetime]
     before_write: BeforeWrite | None = None
     not_taken: NotTaken | None = None
+    before_call: BeforeCall | None = None
     priority: Priority = Priority.ROUTINE
     turn: float | None = None  # ``worker.saga.priority.turn``; None: the time of each call
     calls: list[ErsCall] = field(default_factory=list)

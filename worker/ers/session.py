@@ -17,7 +17,7 @@ from schemas.referral_request import ActingUser, Priority
 from worker.ers.request import FHIR_JSON, Caller, ErsRequest, Sender
 from worker.fhir.vocabulary import Endpoint
 from worker.saga.errors import ErsAuthError
-from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply, NotTaken
+from worker.saga.ports import AccessToken, BeforeCall, BeforeWrite, ErsCall, ErsReply, NotTaken
 
 
 class ErsSession:
@@ -30,6 +30,7 @@ class ErsSession:
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: NotTaken | None = None,
+        before_call: BeforeCall | None = None,
         priority: Priority = Priority.ROUTINE,
         turn: float | None = None,
     ) -> None:
@@ -39,6 +40,7 @@ class ErsSession:
             now=now,
             before_write=before_write,
             not_taken=not_taken,
+            before_call=before_call,
             priority=priority,
             turn=turn,
         )
@@ -83,6 +85,10 @@ class ErsSession:
         if renew is None:
             return await self._client.call(request, self._caller)
         caller = self._caller
+        if caller.before_call is not None:
+            # A token exchange is a call too, and may be the last thing a process does: what
+            # the saga's earlier writes did is stored before it, not after (journal).
+            await caller.before_call(endpoint.value)
         caller.token = await renew(None, caller.priority, caller.turn)
         try:
             return await self._client.call(request, caller)

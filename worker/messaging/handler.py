@@ -243,6 +243,7 @@ class RequestHandler:
             now=self._now,
             before_write=journal.before_write,
             not_taken=journal.not_taken,
+            before_call=journal.before_call,
             priority=priority,
             turn=turn(priority, first_seen),
         )
@@ -261,6 +262,9 @@ class RequestHandler:
             durable.store, start.request_id, durable.owner, durable.lease_seconds, self._clock
         ):
             state = await run_saga(start, ctx, checkpoint=journal.checkpoint, observer=self.metrics)
+            # If the last step wrote (a create or a booking that ends the saga), its effect is
+            # stored now: should working out the outcome fail, the saga resumes after it.
+            await journal.flush()
         if state.waiting is not None:
             waited = self._wait_or_give_up(state, msg, token)
             if isinstance(waited, Handled):
@@ -308,6 +312,7 @@ class RequestHandler:
             final=is_final(state),
             now=self._clock(),
         )
+        self._durable.failpoints.hit("after_finish")
         error = outcome.error
         log.info(
             "saga finished",

@@ -168,6 +168,10 @@ NO_FAILPOINTS: Failpoints = _NoFailpoints()
 
 BeforeWrite = Callable[[str], Awaitable[None]]
 """Called with the endpoint id before each attempt at a state-changing call (write-ahead)."""
+BeforeCall = Callable[[str], Awaitable[None]]
+"""Called with the endpoint id before anything is sent that is not itself written ahead: each
+attempt at a call that changes nothing, and a token exchange before any call. What earlier
+writes did to e-RS is stored first, if it is not yet (``worker.saga.journal``)."""
 NotTaken = Callable[[str], Awaitable[None]]
 """Called with the endpoint id when an attempt's answer proves e-RS did not act on it (503,
 429, refused before sending...): the write-ahead mark of that attempt is withdrawn."""
@@ -185,6 +189,7 @@ class ErsSessions(Protocol):
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: NotTaken | None = None,
+        before_call: BeforeCall | None = None,
         priority: Priority = Priority.ROUTINE,
         turn: float | None = None,
     ) -> ErsPort: ...

@@ -9,6 +9,8 @@ means for the saga, in this one place:
 - a state-changing call whose effect is unknown: mark it pending and reconcile (A005) before
   going on, or end ``NEEDS_RECONCILIATION`` when e-RS cannot tell;
 - any other e-RS refusal or worker rule: ``FAILED`` with the code;
+- the journal unable to store the saga before a call (``NotStored``, ``LeaseLost``): not the
+  saga's to answer for; the run stops and the message goes back;
 - anything else (a bug): ``FAILED`` with ``INTERNAL_ERROR``, the state kept.
 """
 
@@ -27,6 +29,7 @@ from worker.saga.ports import ErsCall, SagaObserver
 from worker.saga.recovery import check_booking, reconcile, refresh_version
 from worker.saga.state import CallRecord, PendingWrite, SagaState, finish, next_step, transition
 from worker.saga.steps import STEPS
+from worker.saga.store import NotStored
 
 log = logging.getLogger("worker.saga.runner")
 Checkpoint = Callable[[SagaState], Awaitable[None]]
@@ -90,6 +93,8 @@ async def run_saga(
             if exc.disposition is Disposition.RECONCILE:
                 unknowns += 1
             state = await _settle(state, ctx, step, exc, conflicts, unknowns)
+        except NotStored:
+            raise  # the store, not the saga, failed: the message goes back (journal)
         except Exception as exc:
             state = finish(state, OutcomeStatus.FAILED, internal_error(step, exc))
         finally:

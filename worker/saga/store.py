@@ -53,7 +53,13 @@ class StoredSaga:
     content_fingerprint: str | None = None
 
 
-class LeaseLost(RuntimeError):
+class NotStored(RuntimeError):
+    """The journal could not store the saga before a call (``worker.saga.journal``), so the
+    call was not sent. Not the saga's fault, and not final: the run stops, and the message
+    goes back to resume from what the store holds. The runner lets it through untouched."""
+
+
+class LeaseLost(NotStored):
     """This replica no longer owns the saga: stop, and let the owner carry on."""
 
 

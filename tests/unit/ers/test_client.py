@@ -98,7 +98,7 @@ class FakeErs:
     def __init__(self) -> None:
         self.answers: list[Answer] = []
         self.seen: list[httpx.Request] = []
-        # ("sent", path), ("before_write", id) and ("not_taken", id)
+        # ("sent", path), ("before_write", id), ("before_call", id) and ("not_taken", id)
         self.events: list[tuple[str, str]] = []
 
     def script(self, *answers: Answer) -> None:
@@ -121,6 +121,9 @@ class FakeErs:
 
     async def not_taken(self, endpoint: str) -> None:
         self.events.append(("not_taken", endpoint))
+
+    async def before_call(self, endpoint: str) -> None:
+        self.events.append(("before_call", endpoint))
 
     @property
     def writes(self) -> list[str]:
@@ -183,6 +186,7 @@ class Rig:
         token: AccessToken | None = None,
         now: Callable[[], datetime] = lambda: NOW,
         before_write: BeforeWrite | None = None,
+        before_call: BeforeWrite | None = None,
     ) -> ErsSession:
         return (client or self.client()).session(
             USER,
@@ -191,6 +195,7 @@ class Rig:
             now=now,
             before_write=before_write or self.fake.before_write,
             not_taken=self.fake.not_taken,
+            before_call=before_call or self.fake.before_call,
         )
 
     def retries(self, endpoint: str, reason: str) -> float:
@@ -511,11 +516,11 @@ async def test_the_specification_names_every_slot_query_parameter(rig: Rig) -> N
     assert set(rig.fake.seen[0].url.params) <= _spec_parameter_names("A015", "queryParameters")
 
 
-# --- write-ahead: before_write ---
+# --- write-ahead: before_write, and before_call ---
 
 
 @pytest.mark.parametrize("endpoint", BY_ID)
-async def test_before_write_comes_before_every_state_changing_call_and_no_read(
+async def test_before_write_comes_before_every_state_changing_call_before_call_every_read(
     rig: Rig, endpoint: str
 ) -> None:
     rig.fake.script(fhir(200, {}))
@@ -527,7 +532,8 @@ async def test_before_write_comes_before_every_state_changing_call_and_no_read(
         assert kinds == ["before_write", "sent"]
         assert rig.fake.writes == [endpoint]
     else:
-        assert kinds == ["sent"]
+        assert kinds == ["before_call", "sent"]
+        assert rig.fake.writes == []
 
 
 async def test_each_attempt_is_written_ahead_and_withdrawn_when_e_rs_did_not_take_it(
@@ -562,12 +568,19 @@ async def test_a_mark_stays_when_the_attempt_may_have_been_acted_on(
     assert [kind for kind, _ in rig.fake.events] == ["before_write", "sent"]
 
 
-async def test_nothing_is_sent_when_the_write_ahead_fails(rig: Rig) -> None:
-    async def cannot_checkpoint(endpoint: str) -> None:
-        raise RuntimeError("lease lost")
+async def cannot_checkpoint(endpoint: str) -> None:
+    raise RuntimeError("lease lost")
 
+
+@pytest.mark.parametrize("hook", ["before_write", "before_call"])
+async def test_nothing_is_sent_when_the_journal_cannot_store_first(rig: Rig, hook: str) -> None:
+    # A write's mark, or before a read what earlier writes did: not stored, nothing sent.
+    session = rig.session(**{hook: cannot_checkpoint})
+    call = (
+        session.create_referral(BODY) if hook == "before_write" else session.retrieve_referral(UBRN)
+    )
     with pytest.raises(RuntimeError, match="lease lost"):
-        await rig.session(before_write=cannot_checkpoint).create_referral(BODY)
+        await call
 
     assert rig.fake.seen == []
 

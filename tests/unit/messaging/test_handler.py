@@ -7,6 +7,7 @@ Messages are the shipped samples; e-RS answers are the specification's own examp
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -40,12 +41,14 @@ from worker.observability.metrics import (
     Metrics,
 )
 from worker.ops.samples import sample
+from worker.saga import outcomes
 from worker.saga.context import SagaOptions
 from worker.saga.errors import ErsOutcomeUnknown, ErsTransientError
 from worker.saga.policy import PARK_REASONS
 from worker.saga.ports import AccessToken, BeforeWrite, ErsCall, ErsReply
 from worker.saga.reference_data import ReferenceData
 from worker.saga.retry import RetrySchedule
+from worker.saga.store import LeaseLost, NotStored
 from worker.store.sqlite import SqliteSagaStore
 
 CLOCK = 1_750_000_000.0  # the handler's epoch-seconds clock, fixed
@@ -86,12 +89,13 @@ class FakeErs:
         now: Callable[[], datetime],
         before_write: BeforeWrite | None = None,
         not_taken: BeforeWrite | None = None,
+        before_call: BeforeWrite | None = None,
         priority: Priority = Priority.ROUTINE,
         turn: float | None = None,
     ) -> FakeSession:
         self.sessions.append((user.ods_code, token.value.get_secret_value(), correlation_id))
         self.priorities.append((priority, turn))
-        return FakeSession(self, now, before_write)
+        return FakeSession(self, now, before_write, before_call)
 
     def answer(self, endpoint: Endpoint) -> ErsReply | Exception:
         queue = self.queued.get(endpoint)
@@ -103,14 +107,20 @@ class FakeErs:
 
 
 class FakeSession:
-    """One saga's ``ErsPort``: before_write ahead of writes, a call record per call."""
+    """One saga's ``ErsPort``: before_write ahead of writes and before_call ahead of reads, as
+    the real client calls them; a call record per call."""
 
     def __init__(
-        self, ers: FakeErs, now: Callable[[], datetime], before_write: BeforeWrite | None
+        self,
+        ers: FakeErs,
+        now: Callable[[], datetime],
+        before_write: BeforeWrite | None,
+        before_call: BeforeWrite | None = None,
     ) -> None:
         self._ers = ers
         self._now = now
         self._before_write = before_write
+        self._before_call = before_call
         self._calls: list[ErsCall] = []
 
     def drain_calls(self) -> list[ErsCall]:
@@ -121,6 +131,8 @@ class FakeSession:
         if endpoint in STATE_CHANGING and self._before_write is not None:
             await self._before_write(endpoint.value)
             self._ers.written_ahead.append(endpoint.value)
+        elif endpoint not in STATE_CHANGING and self._before_call is not None:
+            await self._before_call(endpoint.value)
         self._ers.calls.append(endpoint)
         self._ers.bodies.setdefault(endpoint, []).append(body)
         answer = self._ers.answer(endpoint)
@@ -440,6 +452,63 @@ async def test_a_shortlist_only_request_completes(rig: Rig) -> None:
     assert [c.endpoint for c in stored.state.history] == ["A004", "A010", "A011", "A019"]
     assert stored.state.pending is None
     assert OutcomeEventV1.model_validate_json(stored.outcome or b"") == outcome
+
+
+async def test_a_create_that_ends_the_saga_is_stored_before_its_outcome_is_worked_out(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # No patient letter: A011 is the saga's last call. Should working out or storing the
+    # outcome fail, the message goes back; the run after must find the UBRN, not A011's
+    # mark (which would send it to the worklists, or to a person).
+    body = {**sample(SHORTLIST_ONLY), "generate_patient_letter": False}
+
+    def broken(*args: Any, **kwargs: Any) -> OutcomeEventV1:
+        raise RuntimeError("outcome")
+
+    monkeypatch.setattr(outcomes, "from_saga", broken)
+    with pytest.raises(RuntimeError, match="outcome"):
+        await rig.handler.handle(message(body))
+    monkeypatch.undo()
+
+    stored = await rig.store.load(body["request_id"])
+    assert stored is not None and not stored.final
+    assert stored.state.step is Step.DONE and stored.state.pending is None
+    assert stored.state.ubrn == UBRN and stored.state.referral_version == "4"
+    assert rig.ers.calls == [Endpoint.A004, Endpoint.A010, Endpoint.A011]
+
+
+async def test_a_saga_whose_lease_is_gone_stops_before_its_next_call(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Another replica took the saga over: the write-ahead before A011 is refused, A011 is not
+    # sent, and the message comes back later; the saga does not end as a bug of its own.
+    async def taken_over(*args: Any) -> None:
+        raise LeaseLost("replica-2 owns it")
+
+    monkeypatch.setattr(rig.store, "checkpoint", taken_over)
+    handled = await rig.handler.handle(message(sample(SHORTLIST_ONLY)))
+
+    assert handled.events == [] and handled.outcome is None
+    assert handled.fate is Fate.DELAY and handled.reason == "LEASE_LOST"
+    assert rig.ers.calls == [Endpoint.A004, Endpoint.A010]
+    assert rig.finished("failed", "shortlist_only") == 0
+
+
+async def test_a_store_that_fails_mid_saga_hands_the_message_back(
+    rig: Rig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The consumer requeues on any error the handler raises; nothing final is stored.
+    async def down(*args: Any) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    body = sample(SHORTLIST_ONLY)
+    monkeypatch.setattr(rig.store, "checkpoint", down)
+    with pytest.raises(NotStored):
+        await rig.handler.handle(message(body))
+
+    assert rig.ers.calls == [Endpoint.A004, Endpoint.A010]
+    stored = await rig.store.load(body["request_id"])
+    assert stored is not None and not stored.final and stored.state.status is None
 
 
 async def test_the_same_message_again_replays_the_stored_outcome(rig: Rig) -> None:
