@@ -156,7 +156,7 @@ class ErsClient:
         try:
             return await self._attempt(request, caller)
         except SagaError as exc:
-            if marked and caller.not_taken is not None and _not_taken(exc):
+            if marked and caller.not_taken is not None and exc.proves_not_taken:
                 await caller.not_taken(endpoint.value)
                 self._failpoints.hit(f"not_taken:{endpoint.value}")
             raise
@@ -250,12 +250,6 @@ class ErsClient:
         caller.calls.append(
             ErsCall(endpoint.value, status, at, int(seconds * 1000), request_id, error_code)
         )
-
-
-def _not_taken(exc: SagaError) -> bool:
-    """Whether the error proves the call had no effect: e-RS refused or never saw it. Not an
-    unknown effect, and not an answer the spec does not list (nobody knows what that did)."""
-    return exc.disposition is not Disposition.RECONCILE and not isinstance(exc, ErsUnexpected)
 
 
 def _retry_now(exc: BaseException) -> bool:

@@ -255,7 +255,7 @@ class RequestHandler:
             options=self._options,
             now=self._now,
             slot_claims=self._slot_claims,
-            ubrn_holder=durable.store.ubrn_holder,
+            ubrn_holder=journal.ubrn_holder,
         )
         started = time.monotonic()
         async with heartbeat(

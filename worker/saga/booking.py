@@ -23,7 +23,7 @@ from worker.fhir.read import FreeSlot, appointment_facts, slots_from_bundle
 from worker.fhir.vocabulary import SLOT_GONE, DeferReason, ErsCode
 from worker.saga.appointment import after_appointment
 from worker.saga.context import LONDON, SagaContext
-from worker.saga.errors import ErsOutcomeUnknown, ErsRejected
+from worker.saga.errors import ErsOutcomeUnknown, ErsRejected, SagaError
 from worker.saga.recovery import check_booking
 from worker.saga.state import SagaState
 
@@ -141,8 +141,13 @@ async def _book(state: SagaState, ctx: SagaContext, slot: FreeSlot) -> SagaState
     )
     try:
         reply = await ctx.ers.book_or_defer(body)
-    except ErsOutcomeUnknown:
-        checked, booked = await check_booking(state, ctx)  # rule 3
+    except ErsOutcomeUnknown as unknown:
+        try:
+            checked, booked = await check_booking(state, ctx)  # rule 3
+        except SagaError:
+            # Still unknown: the runner marks A016 pending and reconciles, or waits with
+            # the mark, rather than book again on the next run.
+            raise unknown from None
         if booked:
             return checked
         return await _defer(checked, ctx, DeferReason.BOOKING_ATTEMPT_PROBLEM)

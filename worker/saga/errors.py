@@ -71,6 +71,13 @@ class SagaError(Exception):
         if code is not None:
             self.code = code
 
+    @property
+    def proves_not_taken(self) -> bool:
+        """Whether the error proves the failed call had no effect: e-RS refused it or never
+        saw it. So a state-changing call's write-ahead mark can go (the client withdraws it),
+        and a saga it ends need not check e-RS first should it run again."""
+        return self.disposition is not Disposition.RECONCILE
+
 
 class ErsError(SagaError):
     def __init__(
@@ -179,6 +186,10 @@ class ErsRejected(ErsError):
 class ErsUnexpected(ErsError):
     # Final, and parked for a person by its outcome code (``policy``): nobody expected it.
     disposition = Disposition.FAIL
+
+    @property
+    def proves_not_taken(self) -> bool:
+        return False  # an answer the spec does not list: nobody knows what that call did
 
 
 class ErsOutcomeUnknown(ErsError):

@@ -29,7 +29,8 @@ a crash leaves a call's effect unknown are the same as when every step was writt
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import datetime
 
 from worker.saga.ports import NO_FAILPOINTS, Failpoints
@@ -87,13 +88,26 @@ class Journal:
         so that a crash from here on resumes by running the step again."""
         await self._write(self.current)
 
+    async def ubrn_holder(self, ubrn: str) -> str | None:
+        """The store's ``ubrn_holder``, for a step (a lost create's search), its failures
+        made ``NotStored`` like the journal's own."""
+        with _store_failures():
+            return await self._store.ubrn_holder(ubrn)
+
     async def _write(self, state: SagaState) -> None:
-        try:
+        with _store_failures():
             await self._store.checkpoint(state, self._owner, self._lease, self._clock())
-        except NotStored:
-            raise
-        except Exception as exc:
-            # Raised inside a step, where any other error would end the saga as a bug. Only
-            # the type: a driver's message may quote the row.
-            raise NotStored(f"the saga store failed ({type(exc).__name__})") from exc
         self._owed = False
+
+
+@contextmanager
+def _store_failures() -> Iterator[None]:
+    """The store failing under a running saga: raised inside a step, where any other error
+    would end the saga as a bug, so made ``NotStored``, which the runner lets through."""
+    try:
+        yield
+    except NotStored:
+        raise
+    except Exception as exc:
+        # Only the type: a driver's message may quote the row.
+        raise NotStored(f"the saga store failed ({type(exc).__name__})") from exc

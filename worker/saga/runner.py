@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from schemas.events import ErrorInfo, OutcomeStatus, Step
 from schemas.privacy import redact, where
+from worker.fhir.vocabulary import Endpoint
 from worker.saga.context import SagaContext
 from worker.saga.errors import Disposition, ErsError, ErsRateLimited, ErsUnexpected, SagaError
 from worker.saga.policy import status_for
@@ -145,7 +146,17 @@ async def _settle(
     if disposition in (Disposition.RETRY_NOW, Disposition.WAIT):
         # RETRY_NOW reaching the runner: the client's in-process retries did not cure it.
         return _waiting(state, step, exc)
-    return finish(state, status_for(disposition), error_info(step, exc))
+    ended = finish(state, status_for(disposition), error_info(step, exc))
+    if isinstance(exc, ErsError) and _kept_mark(exc):
+        # The client kept this call's mark (an answer the spec does not list): so does the
+        # ending, so that if storing the outcome fails, the next run asks e-RS first.
+        mark = PendingWrite(step=step, endpoint=exc.endpoint, at=exc.sent_at or ctx.now())
+        return ended.model_copy(update={"pending": mark})
+    return ended
+
+
+def _kept_mark(exc: ErsError) -> bool:
+    return Endpoint(exc.endpoint).changes_state and not exc.proves_not_taken
 
 
 def _waiting(state: SagaState, step: Step, exc: SagaError) -> SagaState:

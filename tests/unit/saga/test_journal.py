@@ -278,3 +278,19 @@ async def test_a_token_exchange_after_a_write_finds_its_effect_stored(
     assert stored.pending is None and stored.step is Step.UPLOAD
     assert effects(stored) == effects(created) and stored.ubrn == UBRN
     assert sender.sent == ["A020"]
+
+
+async def test_a_store_failing_under_a_lost_create_search_is_not_stored(
+    store: CountingStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step asks the store who holds a UBRN (worker.saga.lost_create): its failure, too,
+    # goes back as the store's, not as the saga's bug.
+    async def down(ubrn: str) -> str | None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "ubrn_holder", down)
+    journal = Journal(store, new_saga("req-1", "corr-1"), owner=OWNER, lease_seconds=60.0,
+                      now=lambda: NOW, clock=lambda: CLOCK)  # fmt: skip
+
+    with pytest.raises(NotStored, match="OperationalError"):
+        await journal.ubrn_holder(UBRN)

@@ -532,6 +532,22 @@ async def test_an_unknown_letter_link_not_done_is_sent_again() -> None:
     assert state.attachments_linked == 1
 
 
+async def test_a_lost_booking_whose_check_fails_waits_with_its_mark() -> None:
+    # A016's answer lost, and A005 failing to say whether it booked: the next run must
+    # check again before booking, so the saga waits with A016 marked pending.
+    unavailable = ErsTransientError("A005", 503, "SERVICE_UNAVAILABLE")
+    ers = happy_dbs(FakeErs()).script("A016", ErsOutcomeUnknown("A016", 504, "HTTP_504"))
+    ers.script("A005", unavailable, unavailable)
+    run = Run(ers)
+
+    state = await run(run.at(Step.BOOK_OR_DEFER, **linked()))
+
+    assert ers.endpoints() == ["A015", "A016", "A005", "A005"]  # the check, and reconcile's
+    assert state.waiting is not None and state.status is None
+    assert state.pending is not None and state.pending.endpoint == "A016"
+    assert state.pending.step is Step.BOOK_OR_DEFER
+
+
 async def test_an_unknown_triage_referral_is_checked_with_a005() -> None:
     request = sample_request("04-ras-triage.json")
     ers = FakeErs().script("A016", ErsOutcomeUnknown("A016", 504, "HTTP_504"))
@@ -594,6 +610,21 @@ async def test_an_answer_the_spec_does_not_list_fails_unexpected_response() -> N
         False,
     )
     assert "A010 answered 418 HTTP_418" in state.error.text
+    assert state.pending is None  # a read: nothing to check on e-RS
+
+
+async def test_an_unexpected_answer_to_a_write_ends_the_saga_with_its_mark_kept() -> None:
+    # Nobody knows what that A011 did. The saga ends (and is parked), but should storing
+    # its outcome fail, the next run must look for the referral first, not create another.
+    ers = happy_dbs(FakeErs()).script("A011", ErsUnexpected("A011", 418, "HTTP_418"))
+    run = Run(ers)
+
+    state = await run()
+
+    assert state.status is OutcomeStatus.FAILED
+    assert state.error is not None and state.error.code == "UNEXPECTED_RESPONSE"
+    assert state.pending == PendingWrite(step=Step.CREATE, endpoint="A011", at=NOW)
+    assert ers.endpoints().count("A011") == 1
 
 
 async def test_a_worker_rule_fails_the_saga() -> None:
