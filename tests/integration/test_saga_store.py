@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ from schemas.events import ErrorInfo, OutcomeStatus, Step
 from worker.saga.claims import patient_key
 from worker.saga.policy import is_final
 from worker.saga.state import SagaState, finish, new_saga
-from worker.saga.store import ClaimKind, LeaseLost, SagaStore
+from worker.saga.store import Claim, ClaimKind, LeaseLost, SagaStore
 from worker.store.postgres import PostgresSagaStore
 from worker.store.sqlite import SqliteSagaStore
 
@@ -231,3 +232,56 @@ async def test_writes_committed_together_each_keep_their_own_answer(store: SagaS
         stored = await store.load(request_id)
         assert stored is not None
         assert stored.state == (saga(request_id) if request_id == "req-7" else moved[request_id])
+
+
+async def test_claims_that_arrive_together_still_keep_sagas_apart(store: SagaStore) -> None:
+    # SQLite runs claims in the group commit with the other writes: claims in one batch
+    # still see each other, in the order they came.
+    await store.claim(saga("req-0"), "patient-0", "a", LEASE, now=100.0)
+    running = saga("req-0").model_copy(update={"step": Step.CREATE})
+
+    results = await asyncio.gather(
+        store.checkpoint(running, "a", LEASE, now=101.0),
+        *(store.claim(saga(f"req-{i}"), "patient-1", f"w{i}", LEASE, now=101.0)
+          for i in range(1, 6)),
+        store.claim(saga("req-6"), "patient-2", "w6", LEASE, now=101.0),
+        store.claim(saga("req-6"), "patient-2", "w7", LEASE, now=101.0),
+    )  # fmt: skip
+
+    kinds = [claim.kind for claim in results[1:]]
+    # One saga per patient, and one owner per request (PostgreSQL's pool may take them in
+    # any order); the checkpoint went with them.
+    assert sorted(kinds[:5]) == sorted([ClaimKind.STARTED] + [ClaimKind.BUSY_PATIENT] * 4)
+    assert sorted(kinds[5:]) == sorted([ClaimKind.STARTED, ClaimKind.BUSY_REQUEST])
+    stored = await store.load("req-0")
+    assert stored is not None and stored.state == running
+    winner = await store.load("req-6")
+    assert winner is not None
+    assert winner.owner == ("w6" if kinds[5] is ClaimKind.STARTED else "w7")
+
+
+async def test_a_claim_that_fails_in_a_batch_fails_its_own_caller_only(tmp_path: Path) -> None:
+    # SQLite: a claim meeting a row it cannot read (written by hand here) rolls back the
+    # batch it went in; the other writes are committed on their own, each caller answered.
+    store = await SqliteSagaStore.open(tmp_path / "sagas.db")
+    try:
+        await store.claim(saga("req-0"), "patient-0", "a", LEASE, now=100.0)
+        await store.claim(saga("req-bad"), "patient-9", "a", LEASE, now=100.0)
+        with sqlite3.connect(tmp_path / "sagas.db") as db:
+            db.execute("UPDATE ers_sagas SET state = 'not json' WHERE request_id = 'req-bad'")
+        running = saga("req-0").model_copy(update={"step": Step.CREATE})
+
+        results = await asyncio.gather(
+            store.checkpoint(running, "a", LEASE, now=101.0),
+            store.claim(saga("req-bad"), "patient-9", "a", LEASE, now=101.0),
+            store.claim(saga("req-1"), "patient-1", "a", LEASE, now=101.0),
+            return_exceptions=True,
+        )
+
+        assert results[0] is None
+        assert isinstance(results[1], ValueError)  # pydantic's ValidationError
+        assert isinstance(results[2], Claim) and results[2].kind is ClaimKind.STARTED
+        stored = await store.load("req-0")
+        assert stored is not None and stored.state == running
+    finally:
+        await store.close()

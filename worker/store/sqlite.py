@@ -3,14 +3,17 @@
 Every statement runs on one thread of the store's own (the sqlite3 connection never leaves
 it), so the event loop never blocks on disk, and each operation is one trip to that thread:
 
-- a claim is one ``BEGIN IMMEDIATE`` transaction run whole on the thread, which keeps two
-  claims for one request or one patient apart (also against another process on the same
-  file); no other statement can slip into it, since the thread runs one thing at a time;
-- the writes of running sagas (checkpoints, write-ahead marks, finish, release) are
-  *group-committed*: those that arrive while the thread is busy go together in the next
-  transaction, one commit (one fsync, ``synchronous=FULL``) for all of them. Each caller
-  is answered only after the commit that holds its write, so a write-ahead mark is on disk
-  before its call is sent, exactly as with a commit of its own.
+- every write (a claim, and the writes of running sagas: checkpoints, write-ahead marks,
+  finish, release) is *group-committed*: those that arrive while the thread is busy go
+  together, in order, in the next ``BEGIN IMMEDIATE`` transaction, one commit (one fsync,
+  ``synchronous=FULL``) for all of them. Each caller is answered only after the commit that
+  holds its write, so a write-ahead mark is on disk before its call is sent, exactly as
+  with a commit of its own;
+- a claim's reads and writes run whole inside that transaction, which keeps two claims for
+  one request or one patient apart (also against another process on the same file): no
+  other statement can slip between them, since the thread runs one thing at a time;
+- should a batch fail, each of its writes is run again in a transaction of its own, so that
+  one failing write (a claim meeting a row it cannot read, say) fails its own caller only.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import sqlite3
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -73,13 +77,25 @@ def _stored(row: Any) -> StoredSaga:
     )
 
 
+Work = Callable[[sqlite3.Connection], Any]
+"""A write, run on the store's thread inside its batch's transaction; its result answers it."""
+
+
 @dataclass(slots=True)
 class _Write:
-    sql: str
-    params: tuple[Any, ...]
-    done: asyncio.Future[int] = field(
+    work: Work
+    done: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
+
+
+@dataclass(slots=True, frozen=True)
+class _Failed:
+    error: Exception
+
+
+def _statement(sql: str, params: tuple[Any, ...]) -> Work:
+    return lambda db: db.execute(sql, params).rowcount
 
 
 def _in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
@@ -96,24 +112,20 @@ def _in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
     return result
 
 
-def _run_writes(
-    db: sqlite3.Connection, batch: list[tuple[str, tuple[Any, ...]]]
-) -> list[int | sqlite3.Error]:
-    """On the store's thread: the batch in one transaction, each statement's row count.
+def _run_writes(db: sqlite3.Connection, batch: list[Work]) -> list[Any]:
+    """On the store's thread: the batch in one transaction, each write's result.
 
-    Should the transaction fail, each write is tried on its own, so that one bad statement
-    fails its own caller only."""
+    Should the transaction fail, each write is tried in a transaction of its own, so that
+    one failing write fails its own caller only (its error comes back as ``_Failed``)."""
     if len(batch) > 1:
+        with suppress(Exception):  # rolled back; each write alone, below, says whose it was
+            return _in_transaction(db, lambda: [work(db) for work in batch])
+    results: list[Any] = []
+    for work in batch:
         try:
-            return _in_transaction(db, lambda: [db.execute(*w).rowcount for w in batch])
-        except sqlite3.Error:
-            pass
-    results: list[int | sqlite3.Error] = []
-    for write in batch:
-        try:
-            results.append(db.execute(*write).rowcount)
-        except sqlite3.Error as exc:
-            results.append(exc)
+            results.append(_in_transaction(db, partial(work, db)))
+        except Exception as exc:
+            results.append(_Failed(exc))
     return results
 
 
@@ -180,26 +192,22 @@ class SqliteSagaStore:
         fingerprint: str = "",
         content_fingerprint: str = "",
     ) -> Claim:
-        def transaction(db: sqlite3.Connection) -> Claim:
-            return _in_transaction(
-                db,
-                lambda: _claim(
-                    db,
-                    initial,
-                    patient_key,
-                    owner,
-                    lease_seconds,
-                    now,
-                    fingerprint,
-                    content_fingerprint,
-                ),
+        claim: Claim = await self._queue(
+            lambda db: _claim(
+                db, initial, patient_key, owner, lease_seconds, now, fingerprint,
+                content_fingerprint,
             )
-
-        return await self._on_thread(transaction)
+        )  # fmt: skip
+        return claim
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         """The row count of ``sql``, once it is committed with whatever else was waiting."""
-        write = _Write(sql, params)
+        count: int = await self._queue(_statement(sql, params))
+        return count
+
+    async def _queue(self, work: Work) -> Any:
+        """``work``'s result, once it is committed with whatever else was waiting."""
+        write = _Write(work)
         self._queued.append(write)
         if self._flusher is None:
             self._flusher = asyncio.create_task(self._flush())
@@ -218,9 +226,9 @@ class SqliteSagaStore:
             self._flusher = None
 
     async def _commit(self, batch: list[_Write]) -> None:
-        work = partial(_run_writes, batch=[(w.sql, w.params) for w in batch])
+        work = partial(_run_writes, batch=[w.work for w in batch])
         try:
-            results: list[int | sqlite3.Error] = await self._on_thread(work)
+            results: list[Any] = await self._on_thread(work)
         except asyncio.CancelledError:
             for w in batch:
                 w.done.cancel()
@@ -233,8 +241,8 @@ class SqliteSagaStore:
         for w, result in zip(batch, results, strict=True):
             if w.done.done():  # its caller was cancelled while the batch ran
                 continue
-            if isinstance(result, sqlite3.Error):
-                w.done.set_exception(result)
+            if isinstance(result, _Failed):
+                w.done.set_exception(result.error)
             else:
                 w.done.set_result(result)
 
