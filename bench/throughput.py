@@ -162,14 +162,12 @@ async def drive(
             )
         statuses: dict[str, int] = {}
         outcomes = 0
-        arrived: list[float] = []  # when each outcome came, for the steady rate
         async with replies.iterator() as messages:
             async for message in messages:
                 await message.ack()
                 event = orjson.loads(message.body)
                 if event["event_type"] == "referral.outcome":
                     outcomes += 1
-                    arrived.append(time.perf_counter())
                     # A failure is shown with its code (never a patient detail): a benchmark
                     # that loses referrals quietly would measure the wrong thing.
                     error = event.get("error") or {}
@@ -184,21 +182,9 @@ async def drive(
         "outcomes": statuses,
         "wall_s": round(wall, 2),
         "throughput_per_s": round(requests / wall, 1),
-        "steady_per_s": steady_rate(arrived),
         "worker_cpu_ms_per_request": round(cpu * 1000 / requests, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
-
-
-def steady_rate(arrived: list[float]) -> float:
-    """Outcomes per second between the 10th and the 90th percentile of their arrivals: the
-    rate once every slot is busy, without the first wave's start (publishing, sorting, the
-    first claims) or the last one's tail, which a run of a few waves weighs heavily."""
-    if len(arrived) < 10:
-        return 0.0
-    first, last = int(len(arrived) * 0.1), int(len(arrived) * 0.9)
-    span = arrived[last] - arrived[first]
-    return round((last - first) / span, 1) if span > 0 else 0.0
 
 
 def main() -> int:
