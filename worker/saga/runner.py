@@ -22,7 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from schemas.events import ErrorInfo, OutcomeStatus, Step
 from schemas.privacy import redact, where
-from worker.fhir.vocabulary import Endpoint
+from worker.fhir.vocabulary import STATE_CHANGING
 from worker.saga.context import SagaContext
 from worker.saga.errors import Disposition, ErsError, ErsRateLimited, ErsUnexpected, SagaError
 from worker.saga.policy import status_for
@@ -156,7 +156,8 @@ async def _settle(
 
 
 def _kept_mark(exc: ErsError) -> bool:
-    return Endpoint(exc.endpoint).changes_state and not exc.proves_not_taken
+    # Not every ErsError names an e-RS endpoint: a refused token exchange names TOKEN_EXCHANGE.
+    return exc.endpoint in STATE_CHANGING and not exc.proves_not_taken
 
 
 def _waiting(state: SagaState, step: Step, exc: SagaError) -> SagaState:

@@ -37,6 +37,7 @@ from tests.unit.saga.test_lost_create import referral as confirmable
 from worker.saga.claims import resumable
 from worker.saga.context import SagaOptions
 from worker.saga.errors import (
+    SUBJECT_TOKEN,
     BusinessRuleFailure,
     ErsAuthError,
     ErsConflict,
@@ -47,6 +48,7 @@ from worker.saga.errors import (
     ErsRejected,
     ErsTransientError,
     ErsUnexpected,
+    ExchangeRefused,
     TokenExpired,
 )
 from worker.saga.runner import MAX_UNKNOWN_EFFECTS, MAX_VERSION_CONFLICTS, run_saga
@@ -332,6 +334,20 @@ async def test_a_refused_token_ends_reauthentication_needed() -> None:
     assert state.step is Step.CREATE  # a re-send resumes here
     assert ers.endpoints() == ["A004", "A010", "A011"]
     assert run.observer.failed == [(Step.CREATE, "UNAUTHORISED")]
+
+
+async def test_a_refused_token_exchange_before_a_write_ends_reauthentication_needed() -> None:
+    # The session exchanges the CIS2 ID token before A011 and the platform refuses: an
+    # error that names no e-RS endpoint, and proves A011 was never sent.
+    refused = ExchangeRefused(400, "invalid_grant", SUBJECT_TOKEN)
+    ers = happy_dbs(FakeErs()).script("A011", refused)
+    run = Run(ers)
+
+    state = await run()
+
+    assert state.status is OutcomeStatus.REAUTHENTICATION_NEEDED
+    assert state.error is not None and state.error.code == "TOKEN_EXCHANGE_INVALID_GRANT"
+    assert state.pending is None and state.step is Step.CREATE
 
 
 async def test_a_token_expired_before_a_call_ends_reauthentication_needed() -> None:
