@@ -42,7 +42,7 @@ from worker.messaging.publish import confirmed_channel, with_tokens
 from worker.messaging.topology import Names
 from worker.ops.app import operator_store
 from worker.ops.settings import Settings
-from worker.saga.policy import reopenable
+from worker.saga.policy import reopenable, reopened
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,7 +201,8 @@ async def replay(
     CIS2 ID token (``id_token``, x-ers-id-token, for ERS_TOKEN_PROVIDER=message-id-token), or
     the requester is asked to re-authenticate and re-send. ``reopen`` makes a finished saga
     resumable again, for when a person has fixed what parked it (for NEEDS_RECONCILIATION:
-    checked that the pending call did not take effect).
+    checked that the pending call did not take effect; ``policy.reopened`` says which marks
+    go).
     """
     names = Names(settings.topology_prefix)
     store = await operator_store(settings, read_only=False) if reopen else None
@@ -220,9 +221,7 @@ async def replay(
                     saga = await store.load(parked.request_id)
                     # Only a saga a person must finish is reopened; a completed one never is.
                     if saga is not None and reopenable(saga.state):
-                        await store.reopen(
-                            saga.state.model_copy(update={"pending": None}), time.time()
-                        )
+                        await store.reopen(reopened(saga.state), time.time())
                 headers = {k: v for k, v in parked.headers.items() if k not in RESET_ON_REPLAY}
                 headers[REPLAYED_AT_HEADER] = datetime.now(UTC).isoformat()
                 with_tokens(headers, token=token, id_token=id_token)

@@ -99,6 +99,16 @@ def reopenable(state: SagaState) -> bool:
     return state.status is not None and rule_for(state.status, state.error).reopenable
 
 
+def reopened(state: SagaState) -> SagaState:
+    """The saga as an operator's reopen stores it. A NEEDS_RECONCILIATION saga's pending call
+    was checked by a person, who found it did not take effect: its mark goes, and the step
+    runs again. Any other mark (a write answered as the spec does not say, a retry budget
+    spent on an unknown effect) is kept, so that the saga asks e-RS before writing again."""
+    if state.status is OutcomeStatus.NEEDS_RECONCILIATION:
+        return state.model_copy(update={"pending": None})
+    return state
+
+
 def status_for(disposition: Disposition) -> OutcomeStatus:
     """The status a saga ends with when an error of this disposition stops it."""
     if disposition is Disposition.REAUTHENTICATE:

@@ -21,11 +21,12 @@ from worker.saga.policy import (
     kind_of,
     needs_a_person,
     reopenable,
+    reopened,
     rule_for,
     status_for,
 )
 from worker.saga.runner import error_info
-from worker.saga.state import SagaState
+from worker.saga.state import PendingWrite, SagaState
 
 
 def err(code: str, *, retryable: bool) -> ErrorInfo:
@@ -241,3 +242,21 @@ def test_an_error_code_given_at_raise_time_wins_over_the_class_code() -> None:
         "NO_SUITABLE_SERVICE"
     )
     assert errors.BusinessRuleFailure("no").code == "ERROR"
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "kept"),
+    [
+        (OutcomeStatus.NEEDS_RECONCILIATION, "NEEDS_RECONCILIATION", False),  # a person checked
+        (OutcomeStatus.FAILED, "UNEXPECTED_RESPONSE", True),  # nobody knows what A011 did
+        (OutcomeStatus.FAILED, "SERVICE_UNAVAILABLE", True),  # a budget spent on an unknown
+    ],
+)
+def test_a_reopen_keeps_a_mark_nobody_checked(status: OutcomeStatus, code: str, kept: bool) -> None:
+    mark = PendingWrite(step=Step.CREATE, endpoint="A011", at=datetime(2025, 6, 2, tzinfo=UTC))
+    ended = state(status, err(code, retryable=False)).model_copy(update={"pending": mark})
+
+    again = reopened(ended)
+
+    assert again.pending == (mark if kept else None)
+    assert again.status is status  # the store's reopen clears it
