@@ -59,6 +59,11 @@ class WorkerProcess:
         await asyncio.wait_for(self.process.wait(), timeout)
         return self.process.returncode or 0
 
+    async def stderr_tail(self, chars: int = 3000) -> str:
+        """The end of what a process that has exited wrote to stderr: why it ended."""
+        assert self.process.stderr is not None
+        return (await self.process.stderr.read()).decode()[-chars:]
+
     async def stop(self, timeout: float = 30.0) -> tuple[int, str]:
         """SIGTERM, then wait for the drain; returns (exit status, stderr)."""
         if self.process.returncode is None:

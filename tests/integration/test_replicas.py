@@ -38,18 +38,21 @@ async def test_two_replicas_one_dies_everything_completes_once(
     await harness.worker.stop(grace_seconds=1)  # only the replicas consume
     batch = mixed_batch(30, SAMPLES)
     # One saga at a time on the doomed replica, so the kill lands on exactly one saga at a
-    # known point: its referral made and stored, before booking. Both samples pass it, so
-    # the first saga the doomed replica takes kills it (tests/integration/test_crash_recovery.py
-    # covers kills in the middle of e-RS calls).
+    # known point: its referral made (and, for DBS, booked) and stored, before its patient
+    # letter. Both samples pass it (an IBS shortlist never reaches BOOK_OR_DEFER, so a point
+    # there let the doomed replica run IBS sagas only and never die), so the first saga the
+    # doomed replica takes kills it (tests/integration/test_crash_recovery.py covers kills in
+    # the middle of e-RS calls).
     doomed = await WorkerProcess.start(
         postgres_settings,
-        **{ENV: "after_checkpoint:BOOK_OR_DEFER", "WORKER_CONCURRENCY": "1", "AMQP_PREFETCH": "1"},
+        **{ENV: "after_checkpoint:PATIENT_LETTER", "WORKER_CONCURRENCY": "1", "AMQP_PREFETCH": "1"},
     )
     survivor = await WorkerProcess.start(postgres_settings)
     try:
         cids = [await harness.publish(r) for r in batch]
         resent = [await harness.publish(r) for r in batch[:10]]  # upstream re-sends
-        assert await doomed.killed(timeout=60) == -9
+        status = await doomed.killed(timeout=60)
+        assert status == -9, await doomed.stderr_tail()
         await harness.wait_until(
             lambda: all(harness.outcomes(c) for c in cids + resent), timeout=120
         )
