@@ -136,7 +136,7 @@ async def _settle(
             return await _guarded(_check_then_move_on, state, ctx, step)
         return await _guarded(refresh_version, state, ctx, step)
     if disposition is Disposition.RECONCILE and isinstance(exc, ErsError):
-        pending = PendingWrite(step=step, endpoint=exc.endpoint, at=exc.sent_at or ctx.now())
+        pending = _mark(step, exc, ctx)
         if unknowns > MAX_UNKNOWN_EFFECTS:
             # Keep the mark (the next run reconciles first) and wait out the fault; waiting
             # is worth it, so a spent budget parks it for a person.
@@ -149,10 +149,15 @@ async def _settle(
     ended = finish(state, status_for(disposition), error_info(step, exc))
     if isinstance(exc, ErsError) and _kept_mark(exc):
         # The client kept this call's mark (an answer the spec does not list): so does the
-        # ending, so that if storing the outcome fails, the next run asks e-RS first.
-        mark = PendingWrite(step=step, endpoint=exc.endpoint, at=exc.sent_at or ctx.now())
-        return ended.model_copy(update={"pending": mark})
+        # ending, so that a later run (storing the outcome failed, or an operator reopened
+        # it) asks e-RS first.
+        return ended.model_copy(update={"pending": _mark(step, exc, ctx)})
     return ended
+
+
+def _mark(step: Step, exc: ErsError, ctx: SagaContext) -> PendingWrite:
+    """The pending mark of the call ``exc`` answered, dated from when it was sent."""
+    return PendingWrite(step=step, endpoint=exc.endpoint, at=exc.sent_at or ctx.now())
 
 
 def _kept_mark(exc: ErsError) -> bool:
