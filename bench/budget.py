@@ -283,12 +283,14 @@ async def run_budget(
             sent, killed_at, wall = await _drive(
                 amqp_url, names, group, requests, kill_after=kill_after, timeout=limit
             )
-            # Each survivor's own count of its e-RS calls and of the 429s it was answered
-            # (a 429 is retried silently: it shows in the metric, not in the log).
+            # Each survivor's own count of its e-RS calls, of the 429s it was answered (a 429
+            # is retried silently: it shows in the metric, not in the log), and of its calls
+            # that reached the wire late and took a fresh permit (worker.ers.budget.Permit).
             end_metrics = {
                 r.name: (
                     await r.metric("ers_worker_api_requests_total"),
                     await r.metric("ers_worker_api_rate_limited_total"),
+                    await r.metric("ers_worker_rate_limit_late_permits_total"),
                 )
                 for r in group
                 if r.killed_at is None
@@ -302,7 +304,9 @@ async def run_budget(
             report = _figures(
                 sent, log, budget, per_second=per_second, killed_at=killed_at, wall=wall
             )
-            report.add(f"  survivors' (e-RS calls, 429s) by their metrics: {end_metrics}")
+            report.add(
+                f"  survivors' (e-RS calls, 429s, late permits) by their metrics: {end_metrics}"
+            )
             report.add(f"  exit codes: {codes} (the SIGKILLed one: -9)")
             for replica in group:
                 summary = replica.log_summary()

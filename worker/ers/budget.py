@@ -12,7 +12,13 @@ answers a burst with 429. So:
    never exceed it; one replica alone on SQLite (``make run``) spends the whole budget.
 3. **A 429 is everybody's problem.** e-RS' Retry-After is written to Redis and every
    replica waits it out before its next permit, not only the one that got it.
-4. **Most urgent first.** Within a replica, sagas waiting for a permit are served earliest
+4. **Spaced where e-RS counts them.** e-RS counts a call when it arrives, and a call that
+   needs a new connection (TCP and TLS: tens of ms to e-RS, ~10 ms here on a busy loop)
+   reaches the wire that much after its permit, so the next, pooled, calls arrive closer
+   behind it than the spacing allows: 11 in one second, one 429 (the budget bench's start-up,
+   three replicas each opening their first connections). So a call that reaches the wire
+   late gives its permit up and takes the next (``Permit.at_the_wire``).
+5. **Most urgent first.** Within a replica, sagas waiting for a permit are served earliest
    turn first (``worker.saga.priority``): one of them at a time asks the shared limiter.
 """
 
@@ -52,6 +58,10 @@ SHARED_RETRY_SECONDS = 5.0
 # a sleep's overshoot and a round trip per call (about 1 % of the budget at 10/s). Asking a
 # little early costs at most one more round trip, answered with the rest of the wait.
 EARLY_SECONDS = 0.002
+# A call written this long after its permit gives it up and takes the next: a pooled
+# connection is ready in microseconds, a new one takes milliseconds; the spending margin
+# (``SPEND``: ~20 ms in each second at 10/s) is for the jitter of every call, not for one.
+LATE_SECONDS = 0.005
 # The longest pause a 429 imposes on every replica; a call asked to wait longer waits in a
 # delay queue (worker.ers.client), so no replica sleeps on a wild Retry-After.
 MAX_PAUSE_SECONDS = 300.0
@@ -73,6 +83,29 @@ def _gcra(per_second: float, store: Any, key: str) -> Throttled:
     limit = max(1, round(per_second * _RATE_PERIOD))
     quota = Quota(Rate(period=timedelta(seconds=_RATE_PERIOD), limit=limit), burst=1)
     return Throttled(key=key, using=RateLimiterType.GCRA.value, quota=quota, store=store)
+
+
+class Permit:
+    """One call's permit, granted now; ``at_the_wire`` is awaited just before the call is
+    written (``worker.ers.transport``: once its connection is ready)."""
+
+    __slots__ = ("_budget", "_granted", "_turn")
+
+    def __init__(self, budget: CallBudget, turn: float) -> None:
+        self._budget = budget
+        self._turn = turn
+        self._granted = time.perf_counter()
+
+    async def at_the_wire(self) -> None:
+        """A call that got here late (a new connection, a loop kept busy) would arrive too
+        close to the calls permitted after it: it spends a fresh permit instead, at its own
+        turn (earliest among this replica's waiting calls, so it waits about one interval).
+        The late permit goes unused: one call's worth of budget per new connection."""
+        if time.perf_counter() - self._granted < LATE_SECONDS:
+            return
+        self._budget._metrics.late_permits.inc()
+        await self._budget._grant(self._turn)
+        self._granted = time.perf_counter()
 
 
 class CallBudget:
@@ -111,10 +144,17 @@ class CallBudget:
         self._turns = Turns(1)
         self._show_mode(shared=self._shared is not None)
 
-    async def permit(self, priority: Priority, turn: float) -> None:
+    async def permit(self, priority: Priority, turn: float) -> Permit:
         """Wait until this call may go: its turn among this replica's waiting calls, any
         pause that a 429 anywhere asked for, and a permit from the budget."""
         started = time.perf_counter()
+        await self._grant(turn)
+        self._metrics.permit_wait.labels(priority.value.lower()).observe(
+            time.perf_counter() - started
+        )
+        return Permit(self, turn)
+
+    async def _grant(self, turn: float) -> None:
         await self._turns.acquire(turn)
         try:
             while True:
@@ -127,9 +167,6 @@ class CallBudget:
                 await asyncio.sleep(wait)
         finally:
             self._turns.release()
-        self._metrics.permit_wait.labels(priority.value.lower()).observe(
-            time.perf_counter() - started
-        )
 
     async def rate_limited(self, retry_after: float | None) -> None:
         """e-RS answered 429: counted, and when it asks us to wait, every replica waits (at

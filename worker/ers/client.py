@@ -179,14 +179,19 @@ class ErsClient:
         if request.params:
             # As httpx encoded it: ``:`` in a parameter name (A015) as %3A, a space as %20.
             url = f"{url}?{urlencode(request.params, quote_via=quote)}"
-        await self._budget.permit(
+        permit = await self._budget.permit(
             caller.priority, caller.turn if caller.turn is not None else time.time()
         )
         started = time.perf_counter()
         at = caller.now()
         try:
             response = await self._wire.send(
-                request.method, url, headers, request.body, timeout=timeout
+                request.method,
+                url,
+                headers,
+                request.body,
+                timeout=timeout,
+                ready=permit.at_the_wire,
             )
         except httpx.TransportError as exc:
             error = classify_transport(endpoint, exc)

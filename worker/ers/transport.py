@@ -25,7 +25,8 @@ before a byte is written is a connect failure:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Protocol, Self
@@ -34,6 +35,12 @@ import aiohttp
 import httpx
 import yarl
 from aiohttp.helpers import get_env_proxy_for_url
+
+Ready = Callable[[], Awaitable[None]]
+
+# The ``ready`` of the call this task is sending, for ``_Connector`` to await: aiohttp gives
+# a connector the request, not the caller's arguments.
+_READY: ContextVar[Ready | None] = ContextVar("ers_wire_ready", default=None)
 
 USER_AGENT = "ers-worker"
 
@@ -62,13 +69,38 @@ class Wire(Protocol):
         body: bytes | None,
         *,
         timeout: float | None = None,
+        ready: Ready | None = None,
     ) -> Answer:
         """Send one request (``url`` already encoded, its query included); ``timeout``, if
-        given, bounds every phase of this call instead of the wire's defaults. Failures
-        raise ``httpx.TransportError`` kinds, named as this module's docstring says."""
+        given, bounds every phase of this call instead of the wire's defaults; ``ready``, if
+        given, is awaited once the call has its connection, before a byte of it is written
+        (the budget's ``Permit.at_the_wire``), outside the connect timeout. Failures raise
+        ``httpx.TransportError`` kinds, named as this module's docstring says."""
         ...
 
     async def aclose(self) -> None: ...
+
+
+class _Connector(aiohttp.TCPConnector):
+    """aiohttp's pool, awaiting the call's ``ready`` between getting a connection (pooled or
+    new) and writing the request on it. aiohttp also connects again for a GET that found its
+    pooled connection closed; ``ready`` is awaited then too, before that second write."""
+
+    async def connect(
+        self,
+        req: aiohttp.ClientRequest,
+        traces: list[aiohttp.tracing.Trace],
+        timeout: aiohttp.ClientTimeout,
+    ) -> aiohttp.connector.Connection:
+        conn = await super().connect(req, traces, timeout)
+        ready = _READY.get()
+        if ready is not None:
+            try:
+                await ready()
+            except BaseException:
+                conn.release()  # nothing was written on it: back to the pool
+                raise
+        return conn
 
 
 class AiohttpWire:
@@ -119,7 +151,7 @@ class AiohttpWire:
     def _client(self) -> aiohttp.ClientSession:
         # Made on first use, inside the running loop (aiohttp binds its session to it).
         if self._session is None:
-            connector = aiohttp.TCPConnector(
+            connector = _Connector(
                 limit=self._limit, keepalive_timeout=self._keepalive, ttl_dns_cache=300
             )
             # No cookie jar: one session serves every clinician's calls, and a cookie one
@@ -140,10 +172,12 @@ class AiohttpWire:
         body: bytes | None,
         *,
         timeout: float | None = None,
+        ready: Ready | None = None,
     ) -> Answer:
         # As the client encoded it: yarl would otherwise re-quote the query.
         target = yarl.URL(url, encoded=True)
         proxy, proxy_auth = self._proxy(target)
+        reset = _READY.set(ready)
         try:
             async with self._client().request(
                 method,
@@ -170,6 +204,8 @@ class AiohttpWire:
             raise httpx.ReadTimeout(type(exc).__name__) from exc
         except (aiohttp.ClientError, ValueError) as exc:
             raise httpx.ReadError(type(exc).__name__) from exc
+        finally:
+            _READY.reset(reset)
 
     async def __aenter__(self) -> Self:
         return self

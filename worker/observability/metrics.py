@@ -161,6 +161,12 @@ class Metrics:
             "429 answers from e-RS: each pauses every replica (the budget is set too high).",
             registry=r,
         )
+        self.late_permits = Counter(
+            f"{PREFIX}_rate_limit_late_permits",
+            "e-RS calls that reached the wire late after their permit (a new connection) "
+            "and took a fresh one, so that e-RS sees them spaced: one call's budget each.",
+            registry=r,
+        )
         self.rate_limit_fallbacks = Counter(
             f"{PREFIX}_rate_limit_fallbacks",
             "Times this replica lost the shared budget's store and fell back to its share.",

@@ -22,7 +22,7 @@ import redis.asyncio as aioredis
 
 from schemas.referral_request import Priority
 from worker.ers import budget as budget_module
-from worker.ers.budget import SPEND, CallBudget
+from worker.ers.budget import LATE_SECONDS, SPEND, CallBudget
 from worker.observability.metrics import Metrics
 from worker.saga.priority import turn
 
@@ -339,6 +339,43 @@ async def test_a_retry_after_that_is_not_finite_is_counted_and_does_not_raise(
     budget = await budgets(metrics=metrics, key=key, redis_url=REDIS_URL)
     await budget.rate_limited(math.inf)
     assert sample(metrics, "api_rate_limited_total") == 1
+
+
+# --- a call that reaches the wire late ---
+
+
+def late_permits(metrics: Metrics) -> float:
+    return sample(metrics, "rate_limit_late_permits_total")
+
+
+@pytest.mark.parametrize("shared", [False, True])
+async def test_a_call_at_the_wire_late_takes_the_next_permit(
+    budgets: Budgets, key: str, shared: bool
+) -> None:
+    """A call that needed a new connection reaches the wire after its permit: it gives the
+    permit up and waits for the next one (one interval: 1 / 19.6 = 51 ms), so the calls
+    permitted after it stay spaced behind it where e-RS counts them."""
+    metrics = Metrics()
+    budget = await budgets(metrics=metrics, key=key, redis_url=REDIS_URL if shared else None)
+    permit = await budget.permit(Priority.ROUTINE, turn(Priority.ROUTINE, SEEN))
+    started = time.perf_counter()
+    await asyncio.sleep(LATE_SECONDS * 2)  # the new connection
+    await permit.at_the_wire()
+    assert time.perf_counter() - started >= 0.9 / SPENT
+    assert late_permits(metrics) == 1
+    # Renewed: written at once now, it is on time and keeps its fresh permit.
+    assert await timed(permit.at_the_wire()) < 0.5 / SPENT
+    assert late_permits(metrics) == 1
+    # The next call's permit comes an interval after the renewed one, not after the first.
+    assert await timed(permits(budget, 1)) >= 0.9 / SPENT
+
+
+async def test_a_call_at_the_wire_on_time_keeps_its_permit(budgets: Budgets) -> None:
+    metrics = Metrics()
+    budget = await budgets(metrics=metrics, key="on-time")
+    permit = await budget.permit(Priority.ROUTINE, turn(Priority.ROUTINE, SEEN))
+    assert await timed(permit.at_the_wire()) < 0.5 / SPENT
+    assert late_permits(metrics) == 0
 
 
 # --- most urgent first ---

@@ -32,6 +32,7 @@ from worker.ers.budget import CallBudget
 from worker.ers.client import ErsClient, RetryPolicy
 from worker.ers.session import ErsSession
 from worker.ers.transport import Answer as WireAnswer
+from worker.ers.transport import Ready
 from worker.observability.metrics import Metrics
 from worker.saga.errors import (
     ErsAuthError,
@@ -145,7 +146,10 @@ class HttpxWire:
         body: bytes | None,
         *,
         timeout: float | None = None,
+        ready: Ready | None = None,
     ) -> WireAnswer:
+        if ready is not None:
+            await ready()  # as AiohttpWire does once it has a connection
         response = await self._http.request(
             method,
             url,

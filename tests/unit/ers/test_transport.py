@@ -235,3 +235,67 @@ async def test_a_header_that_cannot_be_sent_is_refused_before_anything_goes(
     # aiohttp's ValueError cannot say when it arose, so it counts as an unknown effect:
     # checked, never sent again blindly (a bad token is refused long before, TOKEN_MALFORMED).
     assert type(classify_transport(Endpoint.A020, caught.value)) is ErsOutcomeUnknown
+
+
+# --- ``ready``: the budget's last word, once the call has its connection ---
+
+
+async def test_ready_is_awaited_with_the_connection_before_the_request_is_written(
+    server: Server,
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"{}")
+
+    server.handler = answer
+    seen_when_ready: list[int] = []
+
+    async def ready() -> None:
+        seen_when_ready.append(len(server.seen))
+
+    # One connection at most: the first call opens it, the second reuses it.
+    async with client(max_connections=1) as http:
+        for _ in range(2):
+            response = await http.send("GET", f"{server.url}/STU3/x", {}, None, ready=ready)
+            assert response.status == 200
+    assert seen_when_ready == [0, 1]  # each time before the server had the request
+
+
+async def test_ready_waits_outside_the_connect_timeout(server: Server) -> None:
+    """Taking a fresh permit may take an interval or more: the call must not time out as if
+    no connection could be had (a ConnectTimeout), nor hold the read timeout's clock."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"{}")
+
+    server.handler = answer
+
+    async def ready() -> None:
+        await asyncio.sleep(0.5)  # a permit's wait, longer than every timeout of this wire
+
+    wire = AiohttpWire(max_connections=1, timeout_seconds=0.2, connect_timeout_seconds=0.2)
+    async with wire as http:
+        response = await http.send("GET", f"{server.url}/STU3/x", {}, None, ready=ready)
+    assert response.status == 200
+    assert len(server.seen) == 1
+
+
+async def test_a_ready_that_fails_sends_nothing_and_gives_the_connection_back(
+    server: Server,
+) -> None:
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"{}")
+
+    server.handler = answer
+
+    async def refuse() -> None:
+        raise asyncio.CancelledError  # the saga cancelled while it waited for a permit
+
+    async with client(max_connections=1) as http:
+        await http.send("GET", f"{server.url}/STU3/x", {}, None)
+        with pytest.raises(asyncio.CancelledError):
+            await http.send("GET", f"{server.url}/STU3/x", {}, None, ready=refuse)
+        assert len(server.seen) == 1
+        # The one connection is back in the pool: a next call gets it, not a pool timeout.
+        response = await http.send("GET", f"{server.url}/STU3/x", {}, None)
+    assert response.status == 200
+    assert len(server.seen) == 2
