@@ -4,7 +4,7 @@ late, and must not arrive too close to the pooled calls permitted after it.
 The real parts: ``CallBudget`` and ``AiohttpWire`` as the client uses them, over real TCP to
 an HTTP server admitting through the sandbox's strict limiter (``sandbox.budget.Budget``).
 What makes the first call late is what made it late in the budget bench's start-up: the
-event loop, busy with other work (there: the first prefetch of sagas), runs 80 ms of it
+event loop, busy with other work (there: the first prefetch of sagas), runs 150 ms of it
 while the call waits for its new connection (a TLS handshake to e-RS waits longer).
 """
 
@@ -24,8 +24,11 @@ from worker.ers.transport import AiohttpWire
 from worker.observability.metrics import Metrics
 from worker.saga.priority import turn
 
-PER_SECOND = 5  # spent at 4.9/s: a permit every 204 ms
-BUSY_SECONDS = 0.08
+PER_SECOND = 5  # the strict limiter's
+# The client's budget: a permit every 215 ms (4.75 x SPEND), so that five intervals leave
+# 74 ms for a noisy machine's jitter, where 5/s would leave 20 ms.
+CLIENT_PER_SECOND = 4.75
+BUSY_SECONDS = 0.15  # beyond those 74 ms: without the fix, a 429
 
 
 class Strict:
@@ -61,7 +64,7 @@ async def strict() -> AsyncIterator[Strict]:
 async def calls(strict: Strict, count: int, *, with_ready: bool) -> tuple[list[int], Metrics]:
     metrics = Metrics()
     async with (
-        CallBudget(PER_SECOND, metrics=metrics, key="spacing") as budget,
+        CallBudget(CLIENT_PER_SECOND, metrics=metrics, key="spacing") as budget,
         AiohttpWire(max_connections=4, timeout_seconds=5.0, connect_timeout_seconds=1.0) as wire,
     ):
         statuses: list[int] = []
@@ -85,12 +88,12 @@ async def test_a_call_on_a_new_connection_does_not_crowd_the_calls_after_it(
     assert strict.budget.refused == 0
     assert most_in_one_second(strict.arrivals) <= PER_SECOND
     late = metrics.registry.get_sample_value("ers_worker_rate_limit_late_permits_total")
-    assert late == 1  # the first call's, on the one new connection
+    assert late is not None and late >= 1  # the first call's, on the one new connection
 
 
 async def test_without_the_last_word_the_strict_limiter_refuses(strict: Strict) -> None:
     """The control: the same calls, each written whenever its connection is ready. The first
-    arrives 80 ms after its permit, and the sixth within the same second: a 429."""
+    arrives 150 ms after its permit, and the sixth within the same second: a 429."""
     statuses, _ = await calls(strict, PER_SECOND + 2, with_ready=False)
     assert 429 in statuses
     assert strict.budget.refused >= 1

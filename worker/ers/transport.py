@@ -92,15 +92,21 @@ class _Connector(aiohttp.TCPConnector):
         traces: list[aiohttp.tracing.Trace],
         timeout: aiohttp.ClientTimeout,
     ) -> aiohttp.connector.Connection:
-        conn = await super().connect(req, traces, timeout)
         ready = _READY.get()
-        if ready is not None:
+        while True:
+            conn = await super().connect(req, traces, timeout)
+            if ready is None:
+                return conn
             try:
                 await ready()
             except BaseException:
                 conn.release()  # nothing was written on it: back to the pool
                 raise
-        return conn
+            if conn.protocol is not None and conn.protocol.is_connected():
+                return conn
+            # e-RS closed it while the call waited (a fresh permit, a 429's pause): writing
+            # on it would fail as if the call might have gone, so take another.
+            conn.close()
 
 
 class AiohttpWire:

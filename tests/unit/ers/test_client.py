@@ -137,6 +137,7 @@ class HttpxWire:
 
     def __init__(self, http: httpx.AsyncClient) -> None:
         self._http = http
+        self.readies = 0  # calls handed a ``ready`` (the budget's last word) with them
 
     async def send(
         self,
@@ -149,6 +150,7 @@ class HttpxWire:
         ready: Ready | None = None,
     ) -> WireAnswer:
         if ready is not None:
+            self.readies += 1
             await ready()  # as AiohttpWire does once it has a connection
         response = await self._http.request(
             method,
@@ -352,6 +354,7 @@ async def test_each_endpoint_is_sent_to_its_url_with_the_session_headers(
     assert reply.status == 200
     assert reply.body == {"resourceType": "Whatever"}
     assert reply.request_id == "rid-200"
+    assert rig.http.readies == 1  # its permit's at_the_wire went with it
 
 
 async def test_a012_names_the_version_it_changes_in_if_match(rig: Rig) -> None:

@@ -299,3 +299,33 @@ async def test_a_ready_that_fails_sends_nothing_and_gives_the_connection_back(
         response = await http.send("GET", f"{server.url}/STU3/x", {}, None)
     assert response.status == 200
     assert len(server.seen) == 2
+
+
+async def test_a_connection_closed_while_ready_waited_is_replaced_before_writing(
+    server: Server,
+) -> None:
+    """e-RS may close an idle keep-alive connection while the call waits for a fresh permit
+    (or a 429's pause): the call goes on another, where writing on the closed one would fail
+    as a call that might have reached e-RS (an unknown effect, for a create)."""
+
+    async def answer(request: web.Request) -> web.Response:
+        return web.Response(body=b"{}")
+
+    server.handler = answer
+    readies = 0
+
+    async def ready() -> None:
+        nonlocal readies
+        readies += 1
+        if readies == 2:  # the second call, on the first call's pooled connection
+            transport = server.seen[0].transport
+            assert transport is not None
+            transport.close()
+            await asyncio.sleep(0.3)  # the permit's wait, in which the close arrives
+
+    async with client(max_connections=1) as http:
+        await http.send("GET", f"{server.url}/STU3/x", {}, None, ready=ready)
+        response = await http.send("POST", f"{server.url}/STU3/y", {}, b"{}", ready=ready)
+    assert response.status == 200
+    assert [r.path for r in server.seen] == ["/STU3/x", "/STU3/y"]
+    assert readies == 3  # once more, on the new connection
