@@ -370,15 +370,17 @@ async def test_a_call_at_the_wire_late_takes_the_next_permit(
     budget = await budgets(metrics=metrics, key=key, redis_url=REDIS_URL if shared else None)
     permit = await budget.permit(Priority.ROUTINE, turn(Priority.ROUTINE, SEEN))
     started = time.perf_counter()
-    await asyncio.sleep(late * 1.5)  # the new connection
+    await asyncio.sleep(late * 1.2)  # the new connection: late, and short of an interval
     await permit.at_the_wire()
     assert time.perf_counter() - started >= 0.9 / SPENT
     assert late_permits(metrics) == 1
     # Renewed: written at once now, it is on time and keeps its fresh permit.
     assert await timed(permit.at_the_wire()) < 0.5 / SPENT
     assert late_permits(metrics) == 1
-    # The next call's permit comes an interval after the renewed one, not after the first.
-    assert await timed(permits(budget, 1)) >= 0.9 / SPENT
+    # The next call's permit is the one after the renewed one: two intervals after the first
+    # (GCRA keeps its schedule, so it may come sooner than an interval after a late renewal).
+    await permits(budget, 1)
+    assert time.perf_counter() - started >= 1.9 / SPENT
 
 
 async def test_a_call_at_the_wire_on_time_keeps_its_permit(budgets: Budgets, late: float) -> None:
