@@ -240,13 +240,14 @@ async def test_a_header_that_cannot_be_sent_is_refused_before_anything_goes(
 # --- ``ready``: the budget's last word, once the call has its connection ---
 
 
+async def empty_json(request: web.Request) -> web.Response:
+    return web.Response(body=b"{}")
+
+
 async def test_ready_is_awaited_with_the_connection_before_the_request_is_written(
     server: Server,
 ) -> None:
-    async def answer(request: web.Request) -> web.Response:
-        return web.Response(body=b"{}")
-
-    server.handler = answer
+    server.handler = empty_json
     seen_when_ready: list[int] = []
 
     async def ready() -> None:
@@ -264,10 +265,7 @@ async def test_ready_waits_outside_the_connect_timeout(server: Server) -> None:
     """Taking a fresh permit may take an interval or more: the call must not time out as if
     no connection could be had (a ConnectTimeout), nor hold the read timeout's clock."""
 
-    async def answer(request: web.Request) -> web.Response:
-        return web.Response(body=b"{}")
-
-    server.handler = answer
+    server.handler = empty_json
 
     async def ready() -> None:
         await asyncio.sleep(0.5)  # a permit's wait, longer than every timeout of this wire
@@ -282,10 +280,7 @@ async def test_ready_waits_outside_the_connect_timeout(server: Server) -> None:
 async def test_a_ready_that_fails_sends_nothing_and_gives_the_connection_back(
     server: Server,
 ) -> None:
-    async def answer(request: web.Request) -> web.Response:
-        return web.Response(body=b"{}")
-
-    server.handler = answer
+    server.handler = empty_json
 
     async def refuse() -> None:
         raise asyncio.CancelledError  # the saga cancelled while it waited for a permit
@@ -308,10 +303,7 @@ async def test_a_connection_closed_while_ready_waited_is_replaced_before_writing
     (or a 429's pause): the call goes on another, where writing on the closed one would fail
     as a call that might have reached e-RS (an unknown effect, for a create)."""
 
-    async def answer(request: web.Request) -> web.Response:
-        return web.Response(body=b"{}")
-
-    server.handler = answer
+    server.handler = empty_json
     readies = 0
 
     async def ready() -> None:
