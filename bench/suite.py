@@ -337,7 +337,8 @@ async def memory_section(suite: Suite) -> None:
     alone; the requests are published from this one."""
     args = suite.args
     requests = args.memory_requests
-    print(f"== memory: a backlog of {requests} DBS requests, prefetch {args.concurrency}")
+    prefetch = 2 * args.concurrency  # twice the slots, as the defaults
+    print(f"== memory: a backlog of {requests} DBS requests, prefetch {prefetch}")
     await suite.fresh(requests, delay_seconds=args.latency)  # sagas slow: the backlog stays
     prefix = f"mem-{uuid.uuid4().hex[:8]}"
     names = Names(prefix)
@@ -354,7 +355,7 @@ async def memory_section(suite: Suite) -> None:
                 "SAGA_STORE": "sqlite",
                 "SAGA_STORE_PATH": str(Path(scratch) / "sagas.db"),
                 "WORKER_CONCURRENCY": str(args.concurrency),
-                "AMQP_PREFETCH": str(args.concurrency),
+                "AMQP_PREFETCH": str(prefetch),
             }
         )
         worker = await start_replica("memory", env, Path(scratch))

@@ -96,7 +96,8 @@ def worker_settings(
             "saga_store_path": scratch / "sagas.db",
             "ers_rate_limit_per_second": 100_000.0,
             "concurrency": concurrency,
-            "prefetch": concurrency,
+            # Twice the slots, as the defaults (AMQP_PREFETCH 40, WORKER_CONCURRENCY 20).
+            "prefetch": 2 * concurrency,
             "metrics_port": 0,
             # The saga reads every page of free slots to find the earliest; with the
             # benchmark's hundreds of slots, pages of 100 keep a DBS saga near its 8 calls.

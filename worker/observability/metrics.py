@@ -229,7 +229,9 @@ class Metrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            f"{PREFIX}_sagas_in_flight", "Sagas running in this process.", registry=r
+            f"{PREFIX}_sagas_in_flight",
+            "Sagas running in this process (holding a slot).",
+            registry=r,
         )
         self.oldest_age = Gauge(
             f"{PREFIX}_oldest_saga_age_seconds",

@@ -80,12 +80,19 @@ class Settings(BaseSettings):
         pattern=r"^[a-z0-9][a-z0-9._-]{0,40}$",
         description="Prefix of every exchange and queue the worker declares.",
     )
+    # Twice the slots: a slot freed is filled at once from a message already here, where
+    # with as many as the slots it waited for the last one's acknowledgement to reach the
+    # broker and the next delivery to come back. Those waiting for a slot are admitted
+    # earliest turn first (clinical priority); the rest of a backlog stays in RabbitMQ.
     prefetch: int = Field(
-        20,
+        40,
         ge=1,
         le=1000,
         validation_alias=_env("AMQP_PREFETCH"),
-        description="Messages RabbitMQ delivers before any is acknowledged.",
+        description=(
+            "Messages RabbitMQ delivers to each of the worker's queues before any is "
+            "acknowledged; twice WORKER_CONCURRENCY keeps every slot busy."
+        ),
     )
     concurrency: int = Field(
         20,
