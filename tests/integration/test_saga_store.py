@@ -285,3 +285,27 @@ async def test_a_claim_that_fails_in_a_batch_fails_its_own_caller_only(tmp_path:
         assert stored is not None and stored.state == running
     finally:
         await store.close()
+
+
+async def test_a_transaction_left_open_on_the_connection_does_not_block_later_writes(
+    tmp_path: Path,
+) -> None:
+    # SQLite: should a ROLLBACK fail, the connection stays in its transaction; the next
+    # write ends it rather than failing on BEGIN, as every write after it would.
+    store = await SqliteSagaStore.open(tmp_path / "sagas.db")
+    try:
+        await store.claim(saga("req-0"), "patient-0", "a", LEASE, now=100.0)
+        await store._on_thread(lambda db: db.execute("BEGIN"))
+        running = saga("req-0").model_copy(update={"step": Step.CREATE})
+
+        await store.checkpoint(running, "a", LEASE, now=101.0)
+        claim = await store.claim(saga("req-1"), "patient-1", "a", LEASE, now=101.0)
+
+        assert claim.kind is ClaimKind.STARTED
+        stored = await store.load("req-0")
+        assert stored is not None and stored.state == running
+        with sqlite3.connect(tmp_path / "sagas.db") as db:  # committed, seen from outside
+            rows = db.execute("SELECT request_id FROM ers_sagas ORDER BY 1").fetchall()
+        assert rows == [("req-0",), ("req-1",)]
+    finally:
+        await store.close()

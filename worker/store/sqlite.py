@@ -101,6 +101,11 @@ def _statement(sql: str, params: tuple[Any, ...]) -> Work:
 def _in_transaction(db: sqlite3.Connection, work: Callable[[], T]) -> T:
     """On the store's thread: ``work`` in one write transaction, rolled back if anything in
     it (the commit too) fails, so that no later statement runs inside a stale transaction."""
+    if db.in_transaction:
+        # A ROLLBACK failed (an I/O error, say) and left one open: end it first, or every
+        # later write would fail on BEGIN for as long as the process runs, while /readyz,
+        # whose SELECT still works, kept sending it work.
+        db.execute("ROLLBACK")
     db.execute("BEGIN IMMEDIATE")
     try:
         result = work()
