@@ -8,7 +8,9 @@ cpu      the bare aio-pika -> aiohttp pipeline (bench/bare.py) and the worker, i
          rounds: median CPU ms per message of each and the ratio worker / bare.
 latency  every e-RS call answered after --latency seconds (100 ms); the worker at each
          --latency-concurrency (50, 200): throughput against the ideal
-         concurrency / (mean e-RS calls per referral x latency), counted in the stub's log.
+         concurrency / (mean e-RS calls per referral x latency), counted in the stub's log,
+         over the whole run and while every slot was busy; then the bare pipeline making
+         as many calls, as the rig's own ceiling.
 budget   3 replicas sharing e-RS' 10/s through Redis on a backlog of --budget-requests (500),
          ~10 % 2WW, one SIGKILLed on the way (bench/budget.py), against the sandbox itself
          (its strict limiter is what the section measures against).
@@ -284,6 +286,23 @@ async def latency_section(suite: Suite) -> None:
             f"fraction of ideal {throughput / ideal:.2f} over the run, "
             f"{steady / ideal:.2f} while every slot was busy ({steady:.1f} /s), "
             f"worker busy {cores:.2f} cores",
+            flush=True,
+        )
+        # The rig's own ceiling: the bare pipeline making as many calls against the same
+        # stub at the same latency. What it misses of the ideal is the stub's and the
+        # machine's (a sleep's overshoot, the stub's loop, the broker), not the worker's.
+        await suite.fresh(requests, delay_seconds=latency)
+        per_message = max(1, round(calls["mean"]))
+        bare = await run_bare(
+            suite.ers, suite.amqp_url, requests=requests, concurrency=concurrency,
+            calls=per_message,
+        )  # fmt: skip
+        bare_ideal = concurrency / (per_message * latency)
+        bare_steady = busy_rate(bare["outcome_seconds"], concurrency)
+        print(
+            f"  {'':18} the bare pipeline, {per_message} POSTs/msg at the same latency: "
+            f"{bare['throughput_per_s'] / bare_ideal:.2f} of its ideal over the run, "
+            f"{bare_steady / bare_ideal:.2f} while every slot was busy",
             flush=True,
         )
 
