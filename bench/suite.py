@@ -8,9 +8,8 @@ cpu      the bare aio-pika -> aiohttp pipeline (bench/bare.py) and the worker, i
          rounds: median CPU ms per message of each and the ratio worker / bare.
 latency  every e-RS call answered after --latency seconds (100 ms); the worker at each
          --latency-concurrency (50, 200): throughput against the ideal
-         concurrency / (mean e-RS calls per referral x latency), counted in the stub's log,
-         over the whole run and while every slot was busy; then the bare pipeline making
-         as many calls, as the rig's own ceiling.
+         concurrency / (mean e-RS calls per referral x latency), counted in the stub's log;
+         then the bare pipeline making as many calls, as the rig's own ceiling.
 budget   3 replicas sharing e-RS' 10/s through Redis on a backlog of --budget-requests (500),
          ~10 % 2WW, one SIGKILLed on the way (bench/budget.py), against the sandbox itself
          (its strict limiter is what the section measures against).
@@ -275,7 +274,6 @@ async def latency_section(suite: Suite) -> None:
         # finish at most concurrency / (calls x latency) per second, calls being the mean.
         ideal = concurrency / (calls["mean"] * latency)
         throughput = figures["throughput_per_s"]
-        steady = busy_rate(figures["outcome_seconds"], concurrency)
         # Cores the worker process kept busy: near the machine's count, the run was bound by
         # CPU rather than by latency.
         cores = throughput * figures["worker_cpu_ms_per_request"] / 1000
@@ -283,9 +281,7 @@ async def latency_section(suite: Suite) -> None:
         print(
             f"  {'':18} {requests} requests, e-RS calls/referral mean {calls['mean']:g} "
             f"(median {calls['median']:g}), ideal {ideal:.1f} /s, "
-            f"fraction of ideal {throughput / ideal:.2f} over the run, "
-            f"{steady / ideal:.2f} while every slot was busy ({steady:.1f} /s), "
-            f"worker busy {cores:.2f} cores",
+            f"fraction of ideal {throughput / ideal:.2f}, worker busy {cores:.2f} cores",
             flush=True,
         )
         # The rig's own ceiling: the bare pipeline making as many calls against the same
@@ -298,27 +294,11 @@ async def latency_section(suite: Suite) -> None:
             calls=per_message,
         )  # fmt: skip
         bare_ideal = concurrency / (per_message * latency)
-        bare_steady = busy_rate(bare["outcome_seconds"], concurrency)
         print(
             f"  {'':18} the bare pipeline, {per_message} POSTs/msg at the same latency: "
-            f"{bare['throughput_per_s'] / bare_ideal:.2f} of its ideal over the run, "
-            f"{bare_steady / bare_ideal:.2f} while every slot was busy",
+            f"{bare['throughput_per_s'] / bare_ideal:.2f} of its ideal",
             flush=True,
         )
-
-
-def busy_rate(outcome_seconds: list[float], concurrency: int) -> float:
-    """Outcomes per second while every one of the worker's `concurrency` slots had a saga:
-    from the first wave's last outcome to the outcome after which the slots run dry, which
-    is what concurrency / (calls x latency) describes. Over the whole run the rate also
-    carries the start and the drain: the sagas finish out of step, so in the run's last
-    saga-time the slots empty one by one, about half a saga-time of the run lost whatever
-    the worker does (~6 % of a run of 8 waves)."""
-    times = sorted(outcome_seconds)
-    first, last = concurrency - 1, len(times) - concurrency - 1
-    if last <= first:
-        return float("nan")
-    return (last - first) / (times[last] - times[first])
 
 
 async def budget_section(suite: Suite) -> None:
