@@ -33,6 +33,7 @@ class FileLetterStore:
         self._dir = directory
         self._retention_seconds = retention_days * 86400.0
         self._next_sweep = 0.0  # monotonic: the first save sweeps
+        self._resolved: Path | None = None  # the directory, once made
 
     async def save(
         self, *, ubrn: str, request_id: str, file_name: str | None, content: bytes
@@ -49,12 +50,26 @@ class FileLetterStore:
             sha256=hashlib.sha256(content).hexdigest(),
         )
 
+    def _directory(self, *, again: bool = False) -> Path:
+        """The directory, made and resolved on the first save, or ``again`` if it has gone.
+        Not on every save: that was a stat per path component per letter, each one the GIL
+        handed to the event loop's thread and back (docs/performance.md)."""
+        if self._resolved is None or again:
+            self._dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
+            self._resolved = self._dir.resolve()
+        return self._resolved
+
     def _write(self, name: str, content: bytes) -> Path:
-        self._dir.mkdir(mode=_DIR_MODE, parents=True, exist_ok=True)
-        final = (self._dir / name).resolve()
+        final = self._directory() / name  # ``name`` is made safe: no separator in it
         tmp = final.with_suffix(final.suffix + ".part")
         # Created 0600 (never readable by others, even for a moment); os.replace keeps it.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+        try:
+            fd = os.open(tmp, flags, _FILE_MODE)
+        except FileNotFoundError:  # the directory was removed while the worker ran
+            final = self._directory(again=True) / name
+            tmp = final.with_suffix(final.suffix + ".part")
+            fd = os.open(tmp, flags, _FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _FILE_MODE)  # a .part left by a crash may be older and wider
             f.write(content)

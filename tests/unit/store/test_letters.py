@@ -38,6 +38,24 @@ def test_a_letter_is_0600_in_a_0700_directory_whatever_the_umask(tmp_path: Path)
     assert [p.name for p in letters.iterdir()] == [path.name]  # no .part left behind
 
 
+def test_a_letters_directory_removed_while_the_worker_runs_is_made_again(
+    tmp_path: Path,
+) -> None:
+    letters = tmp_path / "letters"
+    store = FileLetterStore(letters)
+    first = save(store, "r-1")
+    for path in letters.iterdir():
+        path.unlink()
+    letters.rmdir()
+
+    second = save(store, "r-2")
+
+    assert second.read_bytes() == b"%PDF-1.4"
+    assert second.parent == first.parent == letters.resolve()
+    assert (mode(second), mode(letters)) == (0o600, 0o700)
+    assert [p.name for p in letters.iterdir()] == [second.name]
+
+
 def test_letters_written_world_readable_before_are_tightened(tmp_path: Path) -> None:
     tmp_path.chmod(0o755)
     old = tmp_path / "r-0__old.pdf"
