@@ -59,17 +59,14 @@ class FileLetterStore:
             self._resolved = self._dir.resolve()
         return self._resolved
 
-    def _write(self, name: str, content: bytes) -> Path:
-        final = self._directory() / name  # ``name`` is made safe: no separator in it
-        tmp = final.with_suffix(final.suffix + ".part")
-        # Created 0600 (never readable by others, even for a moment); os.replace keeps it.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+    def _open_part(self, name: str) -> tuple[Path, Path, int]:
         try:
-            fd = os.open(tmp, flags, _FILE_MODE)
+            return _open_part_in(self._directory(), name)
         except FileNotFoundError:  # the directory was removed while the worker ran
-            final = self._directory(again=True) / name
-            tmp = final.with_suffix(final.suffix + ".part")
-            fd = os.open(tmp, flags, _FILE_MODE)
+            return _open_part_in(self._directory(again=True), name)
+
+    def _write(self, name: str, content: bytes) -> Path:
+        final, tmp, fd = self._open_part(name)
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), _FILE_MODE)  # a .part left by a crash may be older and wider
             f.write(content)
@@ -113,3 +110,12 @@ class FileLetterStore:
         if stat.S_IMODE(info.st_mode) & 0o077:
             os.chmod(entry.path, _FILE_MODE)
         return 0
+
+
+def _open_part_in(directory: Path, name: str) -> tuple[Path, Path, int]:
+    """The letter's final path, its ``.part`` beside it, and the ``.part`` open for writing:
+    created 0600 (never readable by others, even for a moment), which os.replace keeps.
+    ``name`` is made safe: it holds no separator."""
+    final = directory / name
+    tmp = final.with_suffix(final.suffix + ".part")
+    return final, tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, _FILE_MODE)
