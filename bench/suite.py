@@ -60,6 +60,7 @@ from worker.messaging.topology import DEFAULT_RETRY_DELAYS, Names, remove
 from worker.ops import loop as event_loop
 from worker.ops.app import request_handler
 from worker.ops.samples import nhs_numbers
+from worker.ops.settings import PREFETCH_PER_SLOT
 from worker.saga.priority import MOST_URGENT_FIRST
 
 # A fault answers `times` calls and then leaves the queue: this many outlasts any run.
@@ -336,7 +337,7 @@ async def memory_section(suite: Suite) -> None:
     alone; the requests are published from this one."""
     args = suite.args
     requests = args.memory_requests
-    prefetch = 2 * args.concurrency  # twice the slots, as the defaults
+    prefetch = PREFETCH_PER_SLOT * args.concurrency  # as the defaults
     print(f"== memory: a backlog of {requests} DBS requests, prefetch {prefetch}")
     await suite.fresh(requests, delay_seconds=args.latency)  # sagas slow: the backlog stays
     prefix = f"mem-{uuid.uuid4().hex[:8]}"

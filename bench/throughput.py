@@ -33,7 +33,7 @@ from worker.messaging.publish import publish_request
 from worker.messaging.topology import Names, remove
 from worker.ops.app import request_handler
 from worker.ops.samples import nhs_numbers
-from worker.ops.settings import Settings
+from worker.ops.settings import PREFETCH_PER_SLOT, Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = {"dbs": "01-dbs-booked.json", "ibs": "03-ibs-shortlisted.json"}
@@ -96,8 +96,7 @@ def worker_settings(
             "saga_store_path": scratch / "sagas.db",
             "ers_rate_limit_per_second": 100_000.0,
             "concurrency": concurrency,
-            # Twice the slots, as the defaults (AMQP_PREFETCH 40, WORKER_CONCURRENCY 20).
-            "prefetch": 2 * concurrency,
+            "prefetch": PREFETCH_PER_SLOT * concurrency,  # as the defaults
             "metrics_port": 0,
             # The saga reads every page of free slots to find the earliest; with the
             # benchmark's hundreds of slots, pages of 100 keep a DBS saga near its 8 calls.

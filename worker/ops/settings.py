@@ -40,6 +40,12 @@ DEFAULT_ENV_FILE = Path("worker.env")
 ENV_FILE_ENV = "WORKER_ENV_FILE"
 #: The shipped patient-key secret: anyone can compute the patient key of an NHS number with it.
 DEFAULT_PATIENT_KEY_SECRET = "change-me-in-production"
+DEFAULT_CONCURRENCY = 20
+# Messages prefetched per saga slot. Twice: a slot freed is filled at once from a message
+# already here, where with as many as the slots it waited for the last one's
+# acknowledgement to reach the broker and the next delivery to come back. Those waiting for
+# a slot are admitted earliest turn first (clinical priority); the rest stays in RabbitMQ.
+PREFETCH_PER_SLOT = 2
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
@@ -80,12 +86,8 @@ class Settings(BaseSettings):
         pattern=r"^[a-z0-9][a-z0-9._-]{0,40}$",
         description="Prefix of every exchange and queue the worker declares.",
     )
-    # Twice the slots: a slot freed is filled at once from a message already here, where
-    # with as many as the slots it waited for the last one's acknowledgement to reach the
-    # broker and the next delivery to come back. Those waiting for a slot are admitted
-    # earliest turn first (clinical priority); the rest of a backlog stays in RabbitMQ.
     prefetch: int = Field(
-        40,
+        PREFETCH_PER_SLOT * DEFAULT_CONCURRENCY,
         ge=1,
         le=1000,
         validation_alias=_env("AMQP_PREFETCH"),
@@ -95,7 +97,7 @@ class Settings(BaseSettings):
         ),
     )
     concurrency: int = Field(
-        20,
+        DEFAULT_CONCURRENCY,
         ge=1,
         le=1000,
         validation_alias=_env("WORKER_CONCURRENCY"),
