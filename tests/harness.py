@@ -135,6 +135,13 @@ class Harness:
         queue = await self._channel.declare_queue(self.names.dead_letter_queue, passive=True)
         return queue.declaration_result.message_count or 0
 
+    async def consumers(self, queue_name: str) -> int:
+        """Consumers the broker counts on ``queue_name`` now (a quorum queue's count may lag
+        a moment behind a subscription: poll it)."""
+        assert self._channel is not None
+        queue = await self._channel.declare_queue(queue_name, passive=True)
+        return queue.declaration_result.consumer_count or 0
+
     async def wait_for_parked(self, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while await self.parked_depth() < count:

@@ -11,8 +11,9 @@ from collections.abc import AsyncIterator
 import asyncpg
 import pytest
 
+from schemas.referral_request import Priority
 from tests.conftest import ReliabilityFigures
-from tests.harness import Harness, mixed_batch
+from tests.harness import Harness, eventually, mixed_batch
 from tests.integration.test_saga_store import POSTGRES_DSN
 from tests.processes import WorkerProcess
 from worker.ops.failpoints import ENV
@@ -49,6 +50,15 @@ async def test_two_replicas_one_dies_everything_completes_once(
     )
     survivor = await WorkerProcess.start(postgres_settings)
     try:
+        # Both consuming before the first publish: else the one that starts first can take
+        # the whole batch (the survivor's prefetch, 40 a queue, covers all 40 requests) and
+        # the doomed replica never gets a saga to die in.
+        work_queue = harness.names.work_queue(Priority.ROUTINE)
+
+        async def both_consuming() -> bool:
+            return await harness.consumers(work_queue) == 2
+
+        await eventually(both_consuming, timeout=60)
         cids = [await harness.publish(r) for r in batch]
         resent = [await harness.publish(r) for r in batch[:10]]  # upstream re-sends
         status = await doomed.killed(timeout=60)
