@@ -309,3 +309,26 @@ async def test_a_transaction_left_open_on_the_connection_does_not_block_later_wr
         assert rows == [("req-0",), ("req-1",)]
     finally:
         await store.close()
+
+
+async def test_writes_that_arrive_together_share_one_commit(tmp_path: Path) -> None:
+    # SQLite: writes queued while the store's thread is away go in its next batch, so 20
+    # sagas' checkpoints cost one transaction and one fsync, not 20.
+    store = await SqliteSagaStore.open(tmp_path / "sagas.db")
+    try:
+        ids = [f"req-{i}" for i in range(20)]
+        for i, request_id in enumerate(ids):
+            await store.claim(saga(request_id), f"patient-{i}", "a", LEASE, now=100.0)
+        statements: list[str] = []
+        await store._on_thread(lambda db: db.set_trace_callback(statements.append))
+        moved = [saga(r).model_copy(update={"step": Step.CREATE}) for r in ids]
+
+        await asyncio.gather(*(store.checkpoint(state, "a", LEASE, now=101.0) for state in moved))
+
+        assert statements.count("COMMIT") == 1
+        assert sum(s.startswith("UPDATE ers_sagas") for s in statements) == 20
+        for state in moved:
+            stored = await store.load(state.request_id)
+            assert stored is not None and stored.state == state
+    finally:
+        await store.close()
